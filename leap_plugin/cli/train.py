@@ -1,0 +1,101 @@
+"""``leap-train``: fastreid's ``tools/train_net.py`` with LEAP registered.
+
+Same arguments as fastreid's: ``--config-file``, ``--resume``, ``--eval-only``,
+``--num-gpus`` (on a CPU-only machine: that many gloo processes), ``--num-machines``,
+``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
+from fastreid.config import get_cfg
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils.checkpoint import Checkpointer
+
+from ..reid.config import ConfigError, resolve_device, validate_config
+from ..reid.datasets import dataset_kwargs
+from ..reid.trainer import LeapTrainer, _datasets_root
+
+__all__ = ["load_config", "setup", "main", "cli"]
+
+logger = logging.getLogger("leap_plugin")
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()):
+    """Defaults + LEAP keys, then the file, then ``KEY VALUE`` overrides; validated.
+
+    Raises:
+        ConfigError: naming the file, key or value at fault.
+    """
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"--config-file {config_file!r} does not exist")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError) as e:
+            raise ConfigError(f"{config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"command-line override: {e}") from e
+    resolve_device(cfg)
+    validate_config(cfg)
+    return cfg
+
+
+def check_data(cfg) -> None:
+    """Open every training and test data set once, so that a missing folder fails now
+    with its path, not minutes later in a worker process."""
+    for name in dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)):
+        try:
+            cls = DATASET_REGISTRY.get(name)
+        except KeyError as e:
+            raise ConfigError(f"DATASETS: unknown data set {name!r}; registered: "
+                              f"{', '.join(sorted(k for k, _ in DATASET_REGISTRY))}") from e
+        cls(root=_datasets_root(), **dataset_kwargs(cfg, name))
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        cfg.defrost()
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+        weights = cfg.MODEL.WEIGHTS or Checkpointer(None, cfg.OUTPUT_DIR).get_checkpoint_file()
+        if not weights:
+            raise ConfigError("--eval-only needs MODEL.WEIGHTS or a checkpoint in OUTPUT_DIR "
+                              f"({cfg.OUTPUT_DIR!r} has none)")
+        model = LeapTrainer.build_model(cfg)
+        Checkpointer(model).load(weights)
+        return LeapTrainer.test(cfg, model)
+    trainer = LeapTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    try:
+        check_data(load_config(args.config_file, args.opts))
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"leap-train: error: {e}", file=sys.stderr)
+        return 2
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

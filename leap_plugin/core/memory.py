@@ -1,0 +1,253 @@
+"""Class centers (Eq. 3-4), the angle memory (Eq. 5) and per-class angle statistics.
+
+Everything lives in buffers of one module, so a toolbox's checkpointing saves and
+restores it, and every update is vectorised over the batch (no Python loop over
+classes or samples). Under torch.distributed the update uses the all-gathered global
+batch, so all ranks hold identical state.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cloud import COS_EPS
+from .distributed import all_gather_rows
+from .variance import VERSIONS, cloud_variance
+
+__all__ = ["STATISTICS", "LeapMemory", "group_ranks"]
+
+#: ``"paper"``: angle of each sample to the updated center (Eq. 3).
+#: ``"loo"``: angle to the updated center with the sample's own contribution removed.
+STATISTICS = ("paper", "loo")
+
+
+def group_ranks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort ``labels`` stably and number the samples of each class 0, 1, ... in batch order.
+
+    Returns ``(order, rank_in_class, class_size)``, the last two aligned with ``labels[order]``.
+    """
+    order = torch.argsort(labels, stable=True)
+    _, sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    n = labels.shape[0]
+    rank = torch.arange(n, device=labels.device) - torch.repeat_interleave(starts, sizes)
+    return order, rank, torch.repeat_interleave(sizes, sizes)
+
+
+class LeapMemory(nn.Module):
+    """Class centers, the angle memory and the feature-cloud widths of LEAP.
+
+    Args:
+        num_classes: C.
+        feat_dim: dimension of the features whose angles are tracked.
+        class_counts: K_i, the number of training samples of each class; sets the
+            memory capacity ``S_i = K_i * memory_factor`` (Eq. 5). May be set later with
+            :meth:`set_class_counts` (the memory is empty until then).
+        center_lr: gamma of Eq. 4, in [0, 1]: the weight of the previous center.
+        memory_factor: P of Eq. 5, a positive integer.
+        version: ``"full"`` (Eq. 9) or ``"vanilla"`` (Eq. 6).
+        tail_threshold: T, the vanilla version's head/tail threshold on K_i.
+        statistic: ``"paper"`` or ``"loo"`` (see :data:`STATISTICS`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
+        center_lr: float = 0.1,
+        memory_factor: int = 1,
+        version: str = "full",
+        tail_threshold: int = 20,
+        statistic: str = "paper",
+    ):
+        super().__init__()
+        if not 0.0 <= center_lr <= 1.0:
+            raise ValueError(f"center_lr (gamma) must be in [0, 1], got {center_lr}")
+        if int(memory_factor) != memory_factor or memory_factor < 1:
+            raise ValueError(f"memory_factor (P) must be a positive integer, got {memory_factor}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        self.num_classes = num_classes
+        self.center_lr = float(center_lr)
+        self.memory_factor = int(memory_factor)
+        self.version = version
+        self.tail_threshold = int(tail_threshold)
+        self.statistic = statistic
+
+        self.register_buffer("centers", torch.zeros(num_classes, feat_dim))
+        self.register_buffer("center_seen", torch.zeros(num_classes, dtype=torch.bool))
+        self.register_buffer("angle_mean", torch.zeros(num_classes))
+        self.register_buffer("angle_var", torch.zeros(num_classes))
+        self.register_buffer("stats_valid", torch.zeros(num_classes, dtype=torch.bool))
+        self.register_buffer("cloud_var", torch.zeros(num_classes))
+        counts = torch.ones(num_classes, dtype=torch.long) if class_counts is None else class_counts
+        self._allocate(torch.as_tensor(counts, dtype=torch.long))
+
+    # ----------------------------------------------------------------- memory layout
+    def _allocate(self, counts: torch.Tensor) -> None:
+        if counts.shape != (self.num_classes,):
+            raise ValueError(f"class_counts must have {self.num_classes} entries, got {tuple(counts.shape)}")
+        if (counts < 1).any():
+            raise ValueError("every class needs at least one training sample (K_i >= 1)")
+        device = self.centers.device
+        counts = counts.to(device)
+        capacity = counts * self.memory_factor
+        self.register_buffer("class_counts", counts)
+        self.register_buffer("memory", torch.zeros(int(capacity.sum()), device=device))
+        self.register_buffer("mem_fill", torch.zeros_like(counts))
+        self.register_buffer("mem_ptr", torch.zeros_like(counts))
+        # Derived from class_counts, so not saved.
+        self.register_buffer("mem_offset", torch.cumsum(capacity, 0) - capacity, persistent=False)
+        self.register_buffer(
+            "slot_class",
+            torch.repeat_interleave(torch.arange(self.num_classes, device=device), capacity),
+            persistent=False,
+        )
+
+    @property
+    def capacity(self) -> torch.Tensor:
+        """S_i = K_i * P (Eq. 5)."""
+        return self.class_counts * self.memory_factor
+
+    def set_class_counts(self, class_counts: Union[Sequence[int], torch.Tensor]) -> None:
+        """Set K_i, size the angle memory to ``K_i * P`` and empty it."""
+        self._allocate(torch.as_tensor(class_counts, dtype=torch.long))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget centers, angles and statistics (sizes stay)."""
+        for name in ("centers", "center_seen", "angle_mean", "angle_var", "stats_valid",
+                     "cloud_var", "memory", "mem_fill", "mem_ptr"):
+            getattr(self, name).zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The memory's length follows K_i, which a checkpoint carries: adopt its sizes
+        # so that evaluation or resume need not rebuild the training set first.
+        counts = state_dict.get(prefix + "class_counts")
+        memory = state_dict.get(prefix + "memory")
+        if counts is not None and memory is not None:
+            if memory.numel() != int(counts.sum()) * self.memory_factor:
+                raise ValueError(
+                    f"the LEAP angle memory in this checkpoint holds {memory.numel()} angles for "
+                    f"sum(K_i) = {int(counts.sum())}: it was trained with another MEMORY_FACTOR "
+                    f"than the {self.memory_factor} configured now")
+            if not torch.equal(counts.to(self.class_counts.device), self.class_counts):
+                self._allocate(counts.to(torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- updates
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Update centers (Eq. 4) and the angle memory (Eq. 5) from a mini-batch.
+
+        Features are detached and L2-normalised; under torch.distributed the global batch
+        is all-gathered first. Per class present in the batch, ``m_i`` is the mean of its
+        normalised features and ``c_i <- (1 - gamma) m_i + gamma c_i`` (``c_i <- m_i`` the
+        first time). Then ``beta = arccos(cos(f_n, c_{y_n}))`` (Eq. 3) of each sample is
+        written to its class's ring buffer of capacity ``K_i * P``.
+
+        Returns:
+            the angles written, in radians, in the order of the gathered batch
+            (NaN where the ``loo`` statistic has no center to measure against).
+        """
+        feats = F.normalize(features.detach().float(), dim=1)
+        labels = labels.detach().reshape(-1).long()
+        feats, labels = all_gather_rows(feats, labels)
+        keep = labels >= 0
+        feats, labels = feats[keep], labels[keep]
+        if labels.numel() == 0:
+            return feats.new_zeros(0)
+
+        n_batch = torch.zeros(self.num_classes, device=feats.device).index_add_(
+            0, labels, torch.ones_like(labels, dtype=feats.dtype))
+        sums = torch.zeros_like(self.centers).index_add_(0, labels, feats)
+        present = n_batch > 0
+        mean = sums / n_batch.clamp_min(1).unsqueeze(1)
+        seen = self.center_seen
+        gamma = self.center_lr
+        updated = torch.where(seen.unsqueeze(1), (1 - gamma) * mean + gamma * self.centers, mean)
+        self.centers.copy_(torch.where(present.unsqueeze(1), updated, self.centers))
+
+        center = self.centers[labels]
+        if self.statistic == "loo":
+            # c_i is linear in each of its batch features: f_n enters with weight
+            # (1 - gamma) / n_i (1 / n_i for a new class). Subtract it.
+            weight = torch.where(seen[labels], 1 - gamma, 1.0) / n_batch[labels]
+            center = center - weight.unsqueeze(1) * feats
+        self.center_seen |= present
+
+        norm = center.norm(dim=1)
+        cos = (feats * center).sum(1) / norm.clamp_min(1e-12)
+        angles = torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
+        measurable = norm > 1e-6
+        angles = torch.where(measurable, angles, torch.full_like(angles, float("nan")))
+        self._write(labels[measurable], angles[measurable])
+        return angles
+
+    def _write(self, labels: torch.Tensor, angles: torch.Tensor) -> None:
+        """Append angles to the per-class ring buffers, oldest entries overwritten."""
+        if labels.numel() == 0:
+            return
+        order, rank, size = group_ranks(labels)
+        labels, angles = labels[order], angles[order]
+        cap = self.capacity[labels]
+        # Of more than S_i new angles of one class only the last S_i survive.
+        survive = rank >= size - cap
+        slot = self.mem_offset[labels] + (self.mem_ptr[labels] + rank) % cap
+        self.memory[slot[survive]] = angles[survive]
+        n_new = torch.zeros_like(self.mem_fill).index_add_(0, labels, torch.ones_like(labels))
+        self.mem_ptr.copy_((self.mem_ptr + n_new) % self.capacity)
+        self.mem_fill.copy_(torch.minimum(self.mem_fill + n_new, self.capacity))
+
+    @torch.no_grad()
+    def refresh_statistics(self) -> None:
+        """Recompute mu_i, sigma_i^2 (unbiased) over each class's filled memory entries,
+        and the per-class cloud variance (Eq. 6 or Eq. 9). Classes with fewer than two
+        angles have no statistics and no cloud."""
+        local = torch.arange(self.memory.numel(), device=self.memory.device) - self.mem_offset[self.slot_class]
+        filled = (local < self.mem_fill[self.slot_class]).to(self.memory.dtype)
+        fill = self.mem_fill.to(self.memory.dtype)
+        mean = torch.zeros_like(self.angle_mean).index_add_(0, self.slot_class, self.memory * filled)
+        mean = mean / fill.clamp_min(1)
+        dev2 = (self.memory - mean[self.slot_class]).pow(2) * filled
+        var = torch.zeros_like(self.angle_var).index_add_(0, self.slot_class, dev2) / (fill - 1).clamp_min(1)
+        valid = self.mem_fill >= 2
+        self.angle_mean.copy_(torch.where(valid, mean, torch.zeros_like(mean)))
+        self.angle_var.copy_(torch.where(valid, var, torch.zeros_like(var)))
+        self.stats_valid.copy_(valid)
+        self.cloud_var.copy_(cloud_variance(self.angle_var, valid, self.class_counts,
+                                            self.version, self.tail_threshold))
+
+    def sample_variance(self, labels: torch.Tensor) -> torch.Tensor:
+        """Cloud variance (rad^2) of each sample's class; 0 for labels of -1."""
+        labels = labels.reshape(-1).long()
+        var = self.cloud_var[labels.clamp_min(0)]
+        return torch.where(labels >= 0, var, torch.zeros_like(var))
+
+    # ----------------------------------------------------------------- reporting
+    def summary(self) -> dict[str, float]:
+        """Scalars for logging: head vs tail angular mean / variance (head = K_i > T),
+        the number of clouded classes and the mean cloud width (std of alpha, rad)."""
+        valid = self.stats_valid
+        head = valid & (self.class_counts > self.tail_threshold)
+        tail = valid & (self.class_counts <= self.tail_threshold)
+        clouded = self.cloud_var > 0
+
+        def avg(x: torch.Tensor, m: torch.Tensor) -> float:
+            return float((x * m).sum() / m.sum()) if bool(m.any()) else float("nan")
+
+        return {
+            "leap/head_angle_mean": avg(self.angle_mean, head),
+            "leap/head_angle_var": avg(self.angle_var, head),
+            "leap/tail_angle_mean": avg(self.angle_mean, tail),
+            "leap/tail_angle_var": avg(self.angle_var, tail),
+            "leap/classes_with_stats": float(valid.sum()),
+            "leap/clouded_classes": float(clouded.sum()),
+            "leap/cloud_width": avg(self.cloud_var.clamp_min(0).sqrt(), clouded),
+        }

@@ -1,0 +1,17 @@
+"""Toolbox-free data handling: long-tailed splits (SPEC section 2) and identity-labelled
+image folders, Wesnoth's unit sprites included (SPEC section 5)."""
+from .folders import (
+    WESNOTH_UNITS,
+    composite_rgba,
+    pose_family,
+    scan_folder,
+    scan_wesnoth,
+    split_identities,
+    split_query_gallery,
+)
+from .longtail import class_counts, long_tail_split, split_summary
+
+__all__ = [
+    "long_tail_split", "class_counts", "split_summary", "scan_folder", "scan_wesnoth",
+    "pose_family", "split_identities", "split_query_gallery", "composite_rgba", "WESNOTH_UNITS",
+]

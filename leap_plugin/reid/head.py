@@ -1,0 +1,89 @@
+"""``LeapHead``: fastreid's ``EmbeddingHead`` that feeds LEAP in training.
+
+At inference it is ``EmbeddingHead`` unchanged (the neck feature is the embedding).
+In training it updates the class centers and angle memory from the neck features
+(Eq. 3-5) and passes each sample's cloud variance to the classification layer
+(Eq. 7-8). When the updates happen and when the cloud starts is decided by
+:class:`leap_plugin.reid.hooks.LeapHook` through :attr:`update_memory` and
+:attr:`cloud_active`.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from fastreid.config import configurable
+from fastreid.modeling.heads import REID_HEADS_REGISTRY, EmbeddingHead
+
+from ..core import LeapMemory
+
+__all__ = ["LeapHead", "leap_heads"]
+
+logger = logging.getLogger(__name__)
+
+
+@REID_HEADS_REGISTRY.register()
+class LeapHead(EmbeddingHead):
+    """EmbeddingHead + LEAP. Extra arguments (``leap=None`` turns LEAP off):
+
+    leap: dict with ``center_lr``, ``memory_factor``, ``version``, ``tail_threshold``,
+        ``statistic`` (see :class:`leap_plugin.core.LeapMemory`) and ``alpha_mode``.
+    """
+
+    @configurable
+    def __init__(self, *, leap: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.memory = None
+        if leap is not None:
+            leap = dict(leap)
+            self.cls_layer.alpha_mode = leap.pop("alpha_mode")
+            self.memory = LeapMemory(self.weight.shape[0], self.weight.shape[1], **leap)
+        # Set by LeapHook each iteration; without the hook the memory still fills but no cloud is built.
+        self.update_memory = True
+        self.cloud_active = False
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        args = super().from_config(cfg)
+        leap = cfg.MODEL.HEADS.LEAP
+        args["leap"] = None
+        if leap.ENABLED:
+            args["leap"] = {
+                "center_lr": leap.CENTER_LR,
+                "memory_factor": leap.MEMORY_FACTOR,
+                "version": leap.VERSION,
+                "tail_threshold": leap.TAIL_THRESHOLD,
+                "statistic": leap.STATISTIC,
+                "alpha_mode": leap.ALPHA_MODE,
+            }
+        return args
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None):
+        if not self.training or self.memory is None:
+            return super().forward(features, targets)
+
+        pool_feat = self.pool_layer(features)
+        neck_feat = self.bottleneck(pool_feat)[..., 0, 0]
+        if self.update_memory:
+            self.memory.update(neck_feat, targets)
+        variance = self.memory.sample_variance(targets) if self.cloud_active else None
+
+        logits = F.linear(F.normalize(neck_feat), F.normalize(self.weight))
+        cls_outputs = self.cls_layer(logits.clone(), targets, variance=variance)
+        if self.neck_feat == "before":
+            feat = pool_feat[..., 0, 0]
+        elif self.neck_feat == "after":
+            feat = neck_feat
+        else:
+            raise KeyError(f"{self.neck_feat} is invalid for MODEL.HEADS.NECK_FEAT")
+        return {
+            "cls_outputs": cls_outputs,
+            "pred_class_logits": logits.mul(self.cls_layer.s),
+            "features": feat,
+        }
+
+
+def leap_heads(model: torch.nn.Module) -> list[LeapHead]:
+    """The LEAP-enabled heads inside ``model`` (DDP-wrapped or not)."""
+    return [m for m in model.modules() if isinstance(m, LeapHead) and m.memory is not None]

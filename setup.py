@@ -1,0 +1,41 @@
+"""leap_plugin: LEAP (Liu et al., CVPR 2020) for fastreid and insightface.
+
+fastreid 1.4.0 itself is not a dependency here: its PyPI metadata pins torch==1.13.1,
+which has no Python 3.11 wheels, so pip could never resolve it. The set-up
+(``make install``) installs it with ``pip install --no-deps fastreid==1.4.0`` and the
+real dependencies below stand in for its pins.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="leap_plugin",
+    version="0.1.0",
+    description="Learnable Embedding Augmentation (feature cloud) for fastreid and insightface",
+    python_requires=">=3.10",
+    packages=find_packages(include=["leap_plugin", "leap_plugin.*"]),
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "yacs",
+        "faiss-cpu",
+        "opencv-python-headless",
+        "scikit-learn",
+        "tabulate",
+        "tensorboard",
+        "termcolor",
+        "matplotlib",
+        "Cython",
+        "numpy",
+        "Pillow",
+    ],
+    extras_require={
+        "gpu": ["faiss-gpu"],
+        "face": ["insightface", "onnx", "onnxruntime"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+    entry_points={
+        "console_scripts": [
+            "leap-train = leap_plugin.cli.train:cli",
+        ],
+    },
+)

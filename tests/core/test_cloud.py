@@ -1,0 +1,85 @@
+"""Eq. 7-8 and the alpha draw, against straightforward per-element reference math."""
+import math
+
+import pytest
+import torch
+
+from leap_plugin.core.cloud import COS_EPS, arcface_logits, cosface_logits, sample_alpha
+
+
+def reference(cos, labels, scale, margin, alpha, kind):
+    """Per-element Eq. 7 (kind='cos') / Eq. 8 (kind='arc') with Python floats."""
+    n, c = cos.shape
+    out = torch.empty(n, c, dtype=torch.float64)
+    for i in range(n):
+        for j in range(c):
+            a = float(alpha[i, j if alpha.shape[1] > 1 else 0])
+            theta = math.acos(min(max(float(cos[i, j]), -1 + COS_EPS), 1 - COS_EPS))
+            target = int(labels[i]) == j
+            t = theta + a + (margin if kind == "arc" and target else 0.0)
+            value = math.cos(min(max(t, 0.0), math.pi))
+            if kind == "cos" and target:
+                value -= margin
+            out[i, j] = scale * value
+    return out
+
+
+@pytest.mark.parametrize("mode_cols", [7, 1])
+@pytest.mark.parametrize("kind", ["cos", "arc"])
+def test_fixed_alpha_matches_hand_computation(kind, mode_cols):
+    g = torch.Generator().manual_seed(0)
+    cos = torch.rand(5, 7, generator=g) * 2 - 1
+    cos[0, 0], cos[1, 2] = -0.999, 0.999  # near the clip boundaries
+    labels = torch.tensor([0, 2, -1, 6, 3])
+    alpha = torch.randn(5, mode_cols, generator=g) * 0.8
+    alpha[0, 0] = 3.0   # theta + alpha > pi: clipped to pi
+    alpha[1, 0] = -3.0  # theta + alpha < 0: clipped to 0
+    fn = cosface_logits if kind == "cos" else arcface_logits
+    margin = 0.2
+    got = fn(cos, labels, 24.0, margin, alpha)
+    want = reference(cos, labels, 24.0, margin, alpha, kind)
+    torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=1e-5)
+
+
+def test_clipping_saturates_at_zero_and_pi():
+    cos = torch.tensor([[-0.99, 0.99]])
+    labels = torch.tensor([-1])
+    out = cosface_logits(cos, labels, 1.0, 0.0, torch.tensor([[2.0, -2.0]]))
+    torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0]]))
+
+
+def test_no_alpha_is_plain_cosface_and_arcface():
+    cos = torch.tensor([[0.5, -0.2, 0.1], [0.3, 0.9, -0.7]])
+    labels = torch.tensor([0, -1])
+    torch.testing.assert_close(cosface_logits(cos, labels, 10.0, 0.3),
+                               10.0 * torch.tensor([[0.2, -0.2, 0.1], [0.3, 0.9, -0.7]]))
+    arc = arcface_logits(cos, labels, 10.0, 0.3)
+    torch.testing.assert_close(arc[0, 0], torch.tensor(10.0 * math.cos(math.acos(0.5) + 0.3)))
+    # non-target logits are the input cosines exactly, not an arccos round trip
+    assert torch.equal(arc[0, 1:], 10.0 * cos[0, 1:]) and torch.equal(arc[1], 10.0 * cos[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", [cosface_logits, arcface_logits])
+def test_gradients_finite_at_plus_minus_one(fn, dtype):
+    cos = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.5]], dtype=dtype, requires_grad=True)
+    labels = torch.tensor([0, 1])
+    for alpha in (None, torch.tensor([[0.1, -0.1, 0.2], [0.3, 0.0, -0.4]])):
+        out = fn(cos, labels, 16.0, 0.2, alpha)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        (grad,) = torch.autograd.grad(out.float().sum(), cos)
+        assert torch.isfinite(grad).all()
+
+
+def test_sample_alpha_shapes_spread_and_zero_variance():
+    g = torch.Generator().manual_seed(1)
+    var = torch.tensor([0.0, 0.04, 0.25])
+    a = sample_alpha(var.repeat(2000), 50, "logit", generator=g)
+    assert a.shape == (6000, 50)
+    a = a.view(2000, 3, 50)
+    assert torch.equal(a[:, 0], torch.zeros_like(a[:, 0]))
+    assert abs(a[:, 1].std().item() - 0.2) < 0.005 and abs(a[:, 2].std().item() - 0.5) < 0.01
+    s = sample_alpha(var, 50, "sample", generator=g)
+    assert s.shape == (3, 1)
+    with pytest.raises(ValueError, match="alpha mode"):
+        sample_alpha(var, 5, "batch")

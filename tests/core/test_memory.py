@@ -1,0 +1,138 @@
+"""Class centers (Eq. 4), the angle memory (Eq. 5) and per-class statistics."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leap_plugin.core.memory import LeapMemory
+
+
+def unit(*v):
+    return F.normalize(torch.tensor(v, dtype=torch.float32), dim=-1)
+
+
+def angle(a, b):
+    return math.acos(max(-1.0, min(1.0, float(F.normalize(a, dim=0) @ F.normalize(b, dim=0)))))
+
+
+def test_center_update_eq4_by_hand():
+    mem = LeapMemory(2, 2, class_counts=[4, 4], center_lr=0.25)
+    e0, e1 = unit(1.0, 0.0), unit(0.0, 1.0)
+    mem.update(torch.stack([e0, e1]), torch.tensor([0, 0]))
+    # first sighting: c = m = mean of normalised features
+    torch.testing.assert_close(mem.centers[0], torch.tensor([0.5, 0.5]))
+    assert not mem.center_seen[1] and torch.equal(mem.centers[1], torch.zeros(2))
+    # features are L2-normalised before averaging: (3, 0) counts as (1, 0)
+    mem.update(torch.tensor([[3.0, 0.0]]), torch.tensor([0]))
+    torch.testing.assert_close(mem.centers[0], 0.75 * torch.tensor([1.0, 0.0]) + 0.25 * torch.tensor([0.5, 0.5]))
+    # angles are measured after the update: beta = arccos(cos(f, c))
+    assert mem.memory[2].item() == pytest.approx(angle(e0, mem.centers[0]), abs=1e-6)
+
+
+def test_ring_buffer_capacity_and_overwrite():
+    mem = LeapMemory(2, 2, class_counts=[3, 1], memory_factor=2, center_lr=0.0)
+    assert mem.capacity.tolist() == [6, 2] and mem.memory.numel() == 8
+    rng = torch.Generator().manual_seed(0)
+    written = []
+    for step in range(4):  # 4 batches of 2 samples of class 0 -> 8 angles into 6 slots
+        f = torch.randn(2, 2, generator=rng)
+        written.extend(mem.update(f, torch.tensor([0, 0])).tolist())
+    assert mem.mem_fill.tolist() == [6, 0] and mem.mem_ptr.tolist() == [2, 0]
+    kept = mem.memory[:6].tolist()
+    # slots 0, 1 were overwritten by angles 6, 7; slots 2..5 hold angles 2..5
+    assert kept == pytest.approx(written[6:8] + written[2:6])
+    # more new angles of a class in one batch than its capacity: the last ones survive
+    f = torch.randn(5, 2, generator=rng)
+    angles = mem.update(f, torch.tensor([1, 1, 1, 1, 1]))
+    assert mem.mem_fill[1] == 2 and mem.mem_ptr[1] == 1
+    assert sorted(mem.memory[6:].tolist()) == pytest.approx(sorted(angles[3:].tolist()))
+
+
+def test_statistics_match_numpy_and_need_two_angles():
+    mem = LeapMemory(3, 4, class_counts=[5, 5, 5], center_lr=0.1)
+    rng = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 0, 1, 0, 0, 1])
+    for _ in range(2):
+        mem.update(torch.randn(7, 4, generator=rng), labels)
+    mem.refresh_statistics()
+    filled = mem.memory[:5].numpy()
+    assert mem.angle_mean[0].item() == pytest.approx(filled.mean(), rel=1e-5)
+    assert mem.angle_var[0].item() == pytest.approx(filled.var(ddof=1), rel=1e-4)
+    c1 = mem.memory[5:9].numpy()  # class 1: 4 angles
+    assert mem.angle_var[1].item() == pytest.approx(c1.var(ddof=1), rel=1e-4)
+    assert mem.stats_valid.tolist() == [True, True, False]
+    assert mem.cloud_var[2] == 0
+
+
+def test_class_with_one_angle_has_no_statistics_and_no_cloud():
+    mem = LeapMemory(2, 3, class_counts=[50, 1])
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        mem.update(torch.randn(4, 3, generator=rng), torch.tensor([0, 0, 0, 1]))
+    mem.refresh_statistics()
+    assert mem.mem_fill.tolist() == [9, 1]
+    assert mem.stats_valid.tolist() == [True, False] and mem.cloud_var[1] == 0
+
+
+def test_full_cloud_goes_to_the_narrow_class():
+    mem = LeapMemory(2, 8, class_counts=[40, 4], center_lr=0.0)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(2, 8, generator=g)
+    wide = base[0] + 1.0 * torch.randn(40, 8, generator=g)
+    narrow = base[1] + 0.1 * torch.randn(4, 8, generator=g)
+    mem.update(torch.cat([wide, narrow]), torch.tensor([0] * 40 + [1] * 4))
+    mem.refresh_statistics()
+    assert mem.cloud_var[0] == 0 and mem.cloud_var[1] > 0
+    assert mem.sample_variance(torch.tensor([1, 0, -1])).tolist() == pytest.approx(
+        [mem.cloud_var[1].item(), 0.0, 0.0])
+    s = mem.summary()
+    assert s["leap/clouded_classes"] == 1.0 and s["leap/cloud_width"] == pytest.approx(
+        math.sqrt(mem.cloud_var[1].item()), rel=1e-5)
+
+
+def test_loo_angle_equals_brute_force():
+    gamma = 0.3
+    mem = LeapMemory(2, 5, class_counts=[10, 10], center_lr=gamma, statistic="loo")
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(3, 5, generator=g)
+    mem.update(first, torch.tensor([0, 0, 1]))
+    old = mem.centers.clone()
+    batch = torch.randn(4, 5, generator=g)
+    labels = torch.tensor([0, 1, 0, 0])
+    got = mem.update(batch, labels)
+    f = F.normalize(batch, dim=1)
+    for n in range(4):
+        y = int(labels[n])
+        others = [k for k in range(4) if labels[k] == y and k != n]
+        n_y = len(others) + 1
+        # the center as Eq. 4 would give it had the sample not contributed its share
+        c = (1 - gamma) * (f[others].sum(0) / n_y if others else torch.zeros(5)) + gamma * old[y]
+        assert got[n].item() == pytest.approx(angle(f[n], c), abs=1e-5)
+    # a class seen for the first time with one sample has no center to measure against
+    fresh = LeapMemory(1, 5, class_counts=[3], statistic="loo")
+    assert torch.isnan(fresh.update(torch.randn(1, 5), torch.tensor([0]))).all()
+    assert fresh.mem_fill[0] == 0
+
+
+def test_state_dict_round_trip_resizes_memory():
+    mem = LeapMemory(3, 4, class_counts=[5, 2, 7], memory_factor=2)
+    mem.update(torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0]))
+    mem.refresh_statistics()
+    fresh = LeapMemory(3, 4, memory_factor=2)  # unknown counts: memory of default size
+    fresh.load_state_dict(mem.state_dict())
+    for name, value in mem.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    assert torch.equal(fresh.mem_offset, mem.mem_offset)
+    with pytest.raises(ValueError, match="MEMORY_FACTOR"):
+        LeapMemory(3, 4, memory_factor=1).load_state_dict(mem.state_dict())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"center_lr": 1.5}, "center_lr"), ({"memory_factor": 0}, "memory_factor"),
+    ({"version": "x"}, "version"), ({"statistic": "x"}, "statistic"),
+    ({"class_counts": [1, 0]}, "K_i"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LeapMemory(2, 3, **kwargs)

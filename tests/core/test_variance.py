@@ -1,0 +1,47 @@
+"""Eq. 6 and Eq. 9 on hand-computed examples."""
+import pytest
+import torch
+
+from leap_plugin.core.variance import cloud_variance, head_variance, pooled_variance
+
+VAR = torch.tensor([0.09, 0.05, 0.01, 0.02, 0.50])
+VALID = torch.tensor([True, True, True, True, False])
+COUNTS = torch.tensor([30, 11, 4, 5, 100])
+
+
+def test_head_variance_eq6():
+    # head (K > 10) with statistics: classes 0 and 1 -> (0.09 + 0.05) / 2; class 4 has none
+    assert head_variance(VAR, VALID, COUNTS, 10).item() == pytest.approx(0.07)
+
+
+def test_pooled_variance_eq9():
+    want = (29 * 0.09 + 10 * 0.05 + 3 * 0.01 + 4 * 0.02) / (29 + 10 + 3 + 4)
+    assert pooled_variance(VAR, VALID, COUNTS).item() == pytest.approx(want)
+
+
+def test_full_version_clouds_every_class_below_the_pooled_variance():
+    sigma2 = pooled_variance(VAR, VALID, COUNTS).item()
+    got = cloud_variance(VAR, VALID, COUNTS, "full")
+    want = [max(sigma2 - v, 0) if ok else 0 for v, ok in zip(VAR.tolist(), VALID.tolist())]
+    torch.testing.assert_close(got, torch.tensor(want))
+    assert got[0] == 0 and got[1] > 0 and got[4] == 0  # above sigma^2 / no statistics
+
+
+def test_vanilla_version_clouds_tail_only():
+    got = cloud_variance(VAR, VALID, COUNTS, "vanilla", tail_threshold=10)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, 0.06, 0.05, 0.0]))
+
+
+def test_empty_head_set_and_all_head_data_give_no_cloud():
+    counts = torch.tensor([3, 4, 5, 2, 1])
+    assert torch.count_nonzero(cloud_variance(VAR, VALID, counts, "vanilla", 10)) == 0
+    counts = torch.tensor([30, 40, 50, 20, 11])
+    assert torch.count_nonzero(cloud_variance(VAR, VALID, counts, "vanilla", 10)) == 0
+    none = torch.zeros(5, dtype=torch.bool)
+    assert torch.count_nonzero(cloud_variance(VAR, none, COUNTS, "full")) == 0
+    assert torch.count_nonzero(cloud_variance(VAR, VALID, torch.ones(5, dtype=torch.long), "full")) == 0
+
+
+def test_unknown_version():
+    with pytest.raises(ValueError, match="version"):
+        cloud_variance(VAR, VALID, COUNTS, "half")
