@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
@@ -58,7 +59,9 @@ def check_data(cfg) -> None:
         except KeyError as e:
             raise ConfigError(f"DATASETS: unknown data set {name!r}; registered: "
                               f"{', '.join(sorted(k for k, _ in DATASET_REGISTRY))}") from e
-        cls(root=_datasets_root(), **dataset_kwargs(cfg, name))
+        with warnings.catch_warnings():  # the run itself shows them; here only the error counts
+            warnings.simplefilter("ignore")
+            cls(root=_datasets_root(), **dataset_kwargs(cfg, name))
 
 
 def setup(args):
