@@ -20,6 +20,7 @@ from fastreid.utils.checkpoint import Checkpointer
 
 from ..reid.config import ConfigError, resolve_device, validate_config
 from ..reid.datasets import dataset_kwargs
+from ..reid.pretrained import resolve_pretrained
 from ..reid.trainer import LeapTrainer, _datasets_root
 
 __all__ = ["load_config", "setup", "main", "cli"]
@@ -47,6 +48,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
         raise ConfigError(f"command-line override: {e}") from e
     resolve_device(cfg)
     validate_config(cfg)
+    resolve_pretrained(cfg)
     return cfg
 
 

@@ -8,7 +8,7 @@ All angles are in radians.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -69,7 +69,7 @@ def cosface_logits(
     cos: torch.Tensor,
     labels: torch.Tensor,
     scale: float,
-    margin: float,
+    margin: Union[float, torch.Tensor],
     alpha: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CosFace logits with the feature cloud (Eq. 7).
@@ -81,7 +81,8 @@ def cosface_logits(
     Args:
         cos: (N, C) cosines between normalised features and normalised class weights.
         labels: (N,) or (N, 1) target column per row; -1 = target not among these columns.
-        scale: s. margin: m_c, a cosine margin (unitless).
+        scale: s. margin: m_c, a cosine margin (unitless), or an (N, 1) tensor of per-sample
+            margins (count-dependent margins, :mod:`leap_plugin.core.longtail`).
         alpha: None, or (N, C) / (N, 1) angles in radians from :func:`sample_alpha`.
     """
     if alpha is not None:
@@ -94,7 +95,7 @@ def arcface_logits(
     cos: torch.Tensor,
     labels: torch.Tensor,
     scale: float,
-    margin: float,
+    margin: Union[float, torch.Tensor],
     alpha: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """ArcFace logits with the feature cloud (Eq. 8).
@@ -105,7 +106,8 @@ def arcface_logits(
 
     Args:
         cos: (N, C) cosines. labels: (N,) or (N, 1), -1 = target not among these columns.
-        scale: s. margin: m_a, an angular margin in radians.
+        scale: s. margin: m_a, an angular margin in radians, or an (N, 1) tensor of per-sample
+            margins in radians.
         alpha: None, or (N, C) / (N, 1) angles in radians.
     """
     one_hot = _target_mask(cos, labels)

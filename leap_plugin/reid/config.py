@@ -50,8 +50,10 @@ def add_leap_config(cfg: CN) -> CN:
         set_default(cfg.DATASETS.LONG_TAIL, key, value)
     set_default(cfg.DATALOADER, "LONG_TAIL_Q", 0.5)  # identity drawn with probability ~ K_i^q
     from .datasets import add_dataset_config
+    from .peers import add_peer_config
 
     add_dataset_config(cfg)
+    add_peer_config(cfg)
     if frozen:
         cfg.freeze()
     return cfg
@@ -105,6 +107,10 @@ def validate_config(cfg: CN) -> None:
     _check_int("DATASETS.LONG_TAIL.TAIL_SAMPLES", lt.TAIL_SAMPLES, 1)
     _check_int("DATASETS.LONG_TAIL.TAIL_CLASSES", lt.TAIL_CLASSES, -1)
     _check_int("DATASETS.LONG_TAIL.SEED", lt.SEED, 0)
+
+    from .peers import validate_peer_config
+
+    validate_peer_config(cfg)
 
     _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
     q = cfg.DATALOADER.LONG_TAIL_Q

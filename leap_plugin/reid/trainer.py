@@ -8,7 +8,8 @@ flow: checkpointing, evaluation, writers, DDP):
   ``DATALOADER.SAMPLER_TRAIN`` including ``LongTailIdentitySampler``;
 - gives K_i to every module of the model that has ``set_class_counts`` (LEAP's memory,
   count-aware classification layers);
-- appends :class:`LeapHook` when the model has a LEAP head.
+- appends :class:`LeapHook` when the model has a LEAP head, and
+  :class:`~leap_plugin.reid.peers.EpochHook` when a module of it has ``set_epoch``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..data.longtail import long_tail_split
 from .datasets import dataset_kwargs
 from .head import leap_heads
 from .hooks import LeapHook
+from .peers import EpochHook, epoch_aware_modules
 from .sampler import LongTailIdentitySampler
 
 __all__ = ["LeapTrainer", "build_train_set", "class_counts"]
@@ -94,4 +96,7 @@ class LeapTrainer(DefaultTrainer):
             leap = self.cfg.MODEL.HEADS.LEAP
             # After the LR scheduler, before evaluation, checkpointing and the writers.
             hooks.insert(2, LeapHook(heads, leap.START_EPOCH, leap.CENTER_UPDATE_PERIOD, leap.STATS_PERIOD))
+        epoch_aware = epoch_aware_modules(self.model)
+        if epoch_aware:  # e.g. LongTailBaseline's deferred re-weighting
+            hooks.append(EpochHook(epoch_aware))
         return hooks
