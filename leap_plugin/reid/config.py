@@ -49,6 +49,8 @@ def add_leap_config(cfg: CN) -> CN:
                        ("SEED", 0)):
         set_default(cfg.DATASETS.LONG_TAIL, key, value)
     set_default(cfg.DATALOADER, "LONG_TAIL_Q", 0.5)  # identity drawn with probability ~ K_i^q
+    set_default(cfg, "LOG_PERIOD", 20)  # iterations between console / metrics.json writes
+    set_default(cfg, "SEED", -1)  # >= 0: seed every RNG (fastreid otherwise draws a random seed)
     from .datasets import add_dataset_config
     from .peers import add_peer_config
 
@@ -112,6 +114,8 @@ def validate_config(cfg: CN) -> None:
 
     validate_peer_config(cfg)
 
+    _check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
+    _check_int("SEED", cfg.SEED, -1)
     _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
     q = cfg.DATALOADER.LONG_TAIL_Q
     if isinstance(q, bool) or not isinstance(q, (int, float)) or q < 0:

@@ -21,6 +21,7 @@ from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer
+from fastreid.engine.hooks import PeriodicWriter
 from fastreid.utils import comm
 
 from ..data.longtail import long_tail_split
@@ -91,6 +92,9 @@ class LeapTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        for hook in hooks:
+            if isinstance(hook, PeriodicWriter):  # fastreid hard-codes 200 iterations
+                hook._period = self.cfg.LOG_PERIOD
         heads = leap_heads(self.model)
         if heads:
             leap = self.cfg.MODEL.HEADS.LEAP
