@@ -20,7 +20,8 @@ from .variance import VERSIONS, cloud_variance
 __all__ = ["STATISTICS", "LeapMemory", "group_ranks"]
 
 #: ``"paper"``: angle of each sample to the updated center (Eq. 3).
-#: ``"loo"``: angle to the updated center with the sample's own contribution removed.
+#: ``"loo"``: bias-aware: angle to the updated center with the sample's own contribution
+#: removed, corrected for the finite number of samples behind that center (see :meth:`LeapMemory.update`).
 STATISTICS = ("paper", "loo")
 
 
@@ -82,6 +83,8 @@ class LeapMemory(nn.Module):
 
         self.register_buffer("centers", torch.zeros(num_classes, feat_dim))
         self.register_buffer("center_seen", torch.zeros(num_classes, dtype=torch.bool))
+        # sum of the squared weights of the features averaged into each center (for "loo")
+        self.register_buffer("center_weight_sq", torch.zeros(num_classes))
         self.register_buffer("angle_mean", torch.zeros(num_classes))
         self.register_buffer("angle_var", torch.zeros(num_classes))
         self.register_buffer("stats_valid", torch.zeros(num_classes, dtype=torch.bool))
@@ -122,7 +125,7 @@ class LeapMemory(nn.Module):
 
     def reset(self) -> None:
         """Forget centers, angles and statistics (sizes stay)."""
-        for name in ("centers", "center_seen", "angle_mean", "angle_var", "stats_valid",
+        for name in ("centers", "center_seen", "center_weight_sq", "angle_mean", "angle_var", "stats_valid",
                      "cloud_var", "memory", "mem_fill", "mem_ptr"):
             getattr(self, name).zero_()
 
@@ -174,17 +177,29 @@ class LeapMemory(nn.Module):
         updated = torch.where(seen.unsqueeze(1), (1 - gamma) * mean + gamma * self.centers, mean)
         self.centers.copy_(torch.where(present.unsqueeze(1), updated, self.centers))
 
+        # Each center is a weighted mean of past features: after Eq. 4 a batch feature
+        # weighs a = (1 - gamma) / n_i (1 / n_i for a new class), older ones gamma times
+        # their previous weight; S = sum of squared weights, kept per class.
+        weight_sq = torch.where(seen, (1 - gamma) ** 2 / n_batch + gamma ** 2 * self.center_weight_sq,
+                                1.0 / n_batch)
+        self.center_weight_sq.copy_(torch.where(present, weight_sq, self.center_weight_sq))
+
         center = self.centers[labels]
+        correction = torch.ones_like(n_batch[labels])
         if self.statistic == "loo":
-            # c_i is linear in each of its batch features: f_n enters with weight
-            # (1 - gamma) / n_i (1 / n_i for a new class). Subtract it.
-            weight = torch.where(seen[labels], 1 - gamma, 1.0) / n_batch[labels]
-            center = center - weight.unsqueeze(1) * feats
+            # Leave-one-out: remove f_n's own share a_n. The rest is a mean of other samples
+            # with squared-weight sum S_-n = (S - a_n^2) / (1 - a_n)^2, so it sits off the
+            # true center by sqrt(S_-n) of the spread and E[angle^2] grows by (1 + S_-n):
+            # divide it out (issue 6: the paper's statistic instead shrinks with few samples).
+            a = torch.where(seen[labels], 1 - gamma, 1.0) / n_batch[labels]
+            center = center - a.unsqueeze(1) * feats
+            s_rest = (self.center_weight_sq[labels] - a ** 2) / (1 - a).clamp_min(1e-12) ** 2
+            correction = (1 + s_rest.clamp_min(0)).rsqrt()
         self.center_seen |= present
 
         norm = center.norm(dim=1)
         cos = (feats * center).sum(1) / norm.clamp_min(1e-12)
-        angles = torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
+        angles = torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS)) * correction
         measurable = norm > 1e-6
         angles = torch.where(measurable, angles, torch.full_like(angles, float("nan")))
         self._write(labels[measurable], angles[measurable])

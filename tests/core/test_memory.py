@@ -102,17 +102,41 @@ def test_loo_angle_equals_brute_force():
     labels = torch.tensor([0, 1, 0, 0])
     got = mem.update(batch, labels)
     f = F.normalize(batch, dim=1)
+    old_weights = {0: [0.5, 0.5], 1: [1.0]}  # per-feature weights inside the first centers
     for n in range(4):
         y = int(labels[n])
         others = [k for k in range(4) if labels[k] == y and k != n]
         n_y = len(others) + 1
         # the center as Eq. 4 would give it had the sample not contributed its share
         c = (1 - gamma) * (f[others].sum(0) / n_y if others else torch.zeros(5)) + gamma * old[y]
-        assert got[n].item() == pytest.approx(angle(f[n], c), abs=1e-5)
+        weights = [(1 - gamma) / n_y] * len(others) + [gamma * w for w in old_weights[y]]
+        s_rest = sum(w * w for w in weights) / sum(weights) ** 2
+        assert got[n].item() == pytest.approx(angle(f[n], c) / math.sqrt(1 + s_rest), abs=1e-5)
     # a class seen for the first time with one sample has no center to measure against
     fresh = LeapMemory(1, 5, class_counts=[3], statistic="loo")
     assert torch.isnan(fresh.update(torch.randn(1, 5), torch.tensor([0]))).all()
     assert fresh.mem_fill[0] == 0
+
+
+def test_paper_statistic_shrinks_with_k_and_loo_does_not():
+    """Issue 6: equal true spread, K = 4 vs K = 40 samples per class, each class's center
+    estimated from its own samples. The paper's angle shrinks by about sqrt((K-1)/K);
+    the bias-aware one stays within 3 % of the K = 40 value."""
+    g = torch.Generator().manual_seed(0)
+    classes, dim = 40, 64
+    sizes = [4] * (classes // 2) + [40] * (classes // 2)
+    means = F.normalize(torch.randn(classes, dim, generator=g), dim=1)
+    labels = torch.repeat_interleave(torch.arange(classes), torch.tensor(sizes))
+    feats = means[labels] + 0.08 * torch.randn(len(labels), dim, generator=g)
+    ratio = {}
+    for statistic in ("paper", "loo"):
+        mem = LeapMemory(classes, dim, class_counts=sizes, statistic=statistic)
+        mem.update(feats, labels)
+        mem.refresh_statistics()
+        small, large = mem.angle_mean[: classes // 2].mean(), mem.angle_mean[classes // 2:].mean()
+        ratio[statistic] = (small / large).item()
+    assert ratio["paper"] == pytest.approx(math.sqrt(3 / 4) / math.sqrt(39 / 40), abs=0.03)
+    assert ratio["loo"] == pytest.approx(1.0, abs=0.03)
 
 
 def test_state_dict_round_trip_resizes_memory():

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Long-tail benchmark on the Wesnoth sprites: every method x setting x seed.
+
+    python benchmarks/longtail.py                       # everything (hours on 2 CPU cores)
+    python benchmarks/longtail.py --settings H20_S4 --methods CosFace LEAP-CF --seeds 0 1 2
+
+Each run trains with ``leap-train`` (fastreid's trainer) from ``configs/Wesnoth/`` plus the
+method's and the setting's overrides, then ``leap-analyze`` measures the tail/head
+angular-variance ratio of its training features in eval mode. A finished run (its
+``results.json``) is never run again, so the script resumes where it stopped. Writes
+``benchmarks/results/longtail.{json,md}``: mean +- std over seeds of mAP, Rank-1 and the
+tail/head variance ratio, with the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from leap_plugin.cli.demo import CONFIGS, SETTINGS, _machine, train_run  # noqa: E402
+from leap_plugin.io import atomic_write  # noqa: E402
+
+# DRW switches re-weighting on at 80% of training, as LDAM-DRW (160 of 200 epochs).
+_DRW_EPOCH = ["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "13"]
+
+
+def methods() -> dict[str, tuple[str, list[str]]]:
+    """name -> (config in configs/Wesnoth, KEY VALUE overrides)."""
+    from leap_plugin.reid.peers import PEER_METHODS
+
+    table = {
+        "CosFace": ("cosface_mnv2.yml", []),
+        "ArcFace": ("arcface_mnv2.yml", []),
+        "LEAP-CF": ("leap_cf_mnv2.yml", []),
+        "LEAP-AF": ("leap_af_mnv2.yml", []),
+        "LEAP-CV": ("leap_cv_mnv2.yml", []),
+        "LEAP-AV": ("leap_av_mnv2.yml", []),
+        "LEAP-CF loo": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
+        "LEAP-AF loo": ("leap_af_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
+        "LT sampler": ("longtail_sampler_mnv2.yml", []),
+    }
+    for name, overrides in PEER_METHODS.items():
+        extra = _DRW_EPOCH if name == "ldam_drw" else []
+        table[name] = ("cosface_mnv2.yml", list(overrides) + extra)
+    return table
+
+
+def run_one(setting: str, method: str, seed: int, out: str) -> dict:
+    config, overrides = methods()[method]
+    run_dir = os.path.join(out, "runs", setting, method.replace(" ", "_"), f"seed{seed}")
+    opts = SETTINGS[setting] + overrides + ["SEED", str(seed)]
+    result = train_run(f"{setting} {method} s{seed}", os.path.join(CONFIGS, config), run_dir, opts)
+    if "tail_head_var_ratio" not in result:
+        from leap_plugin.cli.analyze import analyze
+        from leap_plugin.cli.train import load_config
+
+        cfg = load_config(os.path.join(CONFIGS, config), ["OUTPUT_DIR", run_dir, *opts])
+        summary = analyze(cfg, os.path.join(run_dir, "model_final.pth"), os.path.join(run_dir, "analysis"),
+                          tail_threshold=10, max_classes_tsne=0)["summary"]
+        ratios = summary["tail_head_ratio"]
+        result.update(tail_head_var_ratio=ratios["center_angle_var"],
+                      tail_head_pairwise_ratio=ratios["pairwise_angle_mean"])
+        atomic_write(os.path.join(run_dir, "results.json"), lambda f: f.write(json.dumps(result, indent=1).encode()))
+    return {"setting": setting, "method": method, "seed": seed, **result}
+
+
+def _mean_std(values: list, digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def write_table(rows: list[dict], out: str) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["method"]), []).append(r)
+    commands = sorted({r["command"] for r in rows})
+    lines = ["Commands (each run resumable; rows merge across them):", "",
+             *[f"    {c}" for c in commands], "", f"Machine: {_machine()}  ",
+             "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
+             "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
+             "| setting | method | seeds | mAP | Rank-1 | tail/head variance ratio | minutes per run |",
+             "|---|---|---|---|---|---|---|"]
+    for (setting, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(methods()).index(kv[0][1]))):
+        ratio = [r.get("tail_head_var_ratio") for r in rs]
+        lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | "
+                     f"{_mean_std([r['Rank-1'] for r in rs])} | "
+                     f"{_mean_std(ratio, 3)} | "
+                     f"{statistics.mean(r['seconds'] for r in rs) / 60:.1f} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(os.path.join(out, "longtail.md"), lambda f: f.write(text.encode()))
+    atomic_write(os.path.join(out, "longtail.json"), lambda f: f.write(json.dumps(rows, indent=1).encode()))
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with one thread when > 1)")
+    parser.add_argument("--output", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    import leap_plugin  # noqa: F401
+
+    known = methods()
+    chosen = args.methods or list(known)
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {list(known)}")
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
+    jobs = [(s, m, seed) for s in args.settings for seed in args.seeds for m in chosen]
+    start = time.time()
+    command = "python benchmarks/longtail.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [dict(r, command=command) for r in pool.map(lambda j: run_one(*j, args.output), jobs)]
+    previous = []
+    path = os.path.join(args.output, "longtail.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = [r for r in json.load(f) if (r["setting"], r["method"], r["seed"]) not in set(jobs)]
+    print(write_table(previous + rows, args.output))
+    print(f"{len(jobs)} runs in {(time.time() - start) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
