@@ -40,6 +40,8 @@ setup(
             "leap-train = leap_plugin.cli.train:cli",
             "leap-analyze = leap_plugin.cli.analyze:main",
             "leap-demo = leap_plugin.cli.demo:main",
+            "leap-face-train = leap_plugin.cli.face_train:main",
+            "leap-export = leap_plugin.cli.export:main",
         ],
     },
 )

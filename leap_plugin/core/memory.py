@@ -167,35 +167,34 @@ class LeapMemory(nn.Module):
         if labels.numel() == 0:
             return feats.new_zeros(0)
 
-        n_batch = torch.zeros(self.num_classes, device=feats.device).index_add_(
-            0, labels, torch.ones_like(labels, dtype=feats.dtype))
-        sums = torch.zeros_like(self.centers).index_add_(0, labels, feats)
-        present = n_batch > 0
-        mean = sums / n_batch.clamp_min(1).unsqueeze(1)
-        seen = self.center_seen
+        # Only the classes in the batch are touched: with 10^5 classes, whole-table
+        # temporaries would cost more than the rest of the training step.
+        classes, inverse = torch.unique(labels, return_inverse=True)
+        n = torch.bincount(inverse, minlength=classes.numel()).to(feats.dtype)
+        mean = torch.zeros(classes.numel(), feats.shape[1], device=feats.device).index_add_(0, inverse, feats)
+        mean = mean / n.unsqueeze(1)
+        seen = self.center_seen[classes]
         gamma = self.center_lr
-        updated = torch.where(seen.unsqueeze(1), (1 - gamma) * mean + gamma * self.centers, mean)
-        self.centers.copy_(torch.where(present.unsqueeze(1), updated, self.centers))
-
+        self.centers[classes] = torch.where(seen.unsqueeze(1), (1 - gamma) * mean + gamma * self.centers[classes],
+                                            mean)
         # Each center is a weighted mean of past features: after Eq. 4 a batch feature
         # weighs a = (1 - gamma) / n_i (1 / n_i for a new class), older ones gamma times
         # their previous weight; S = sum of squared weights, kept per class.
-        weight_sq = torch.where(seen, (1 - gamma) ** 2 / n_batch + gamma ** 2 * self.center_weight_sq,
-                                1.0 / n_batch)
-        self.center_weight_sq.copy_(torch.where(present, weight_sq, self.center_weight_sq))
+        self.center_weight_sq[classes] = torch.where(
+            seen, (1 - gamma) ** 2 / n + gamma ** 2 * self.center_weight_sq[classes], 1.0 / n)
+        self.center_seen[classes] = True
 
         center = self.centers[labels]
-        correction = torch.ones_like(n_batch[labels])
+        correction = torch.ones_like(labels, dtype=feats.dtype)
         if self.statistic == "loo":
             # Leave-one-out: remove f_n's own share a_n. The rest is a mean of other samples
             # with squared-weight sum S_-n = (S - a_n^2) / (1 - a_n)^2, so it sits off the
             # true center by sqrt(S_-n) of the spread and E[angle^2] grows by (1 + S_-n):
             # divide it out (issue 6: the paper's statistic instead shrinks with few samples).
-            a = torch.where(seen[labels], 1 - gamma, 1.0) / n_batch[labels]
+            a = (torch.where(seen, 1 - gamma, 1.0) / n)[inverse]
             center = center - a.unsqueeze(1) * feats
             s_rest = (self.center_weight_sq[labels] - a ** 2) / (1 - a).clamp_min(1e-12) ** 2
             correction = (1 + s_rest.clamp_min(0)).rsqrt()
-        self.center_seen |= present
 
         norm = center.norm(dim=1)
         cos = (feats * center).sum(1) / norm.clamp_min(1e-12)

@@ -1,0 +1,7 @@
+# <H5K, T20K>, LEAP-CV: CosFace + the vanilla feature cloud (Eq. 6-7), head = more than 20 images.
+import os
+import runpy
+
+base = runpy.run_path(os.path.join(os.path.dirname(__file__), "ms1m_lt_base.py"))
+config = dict(base["config"], margin_list=(1.0, 0.0, 0.35), output="runs/face/ms1m_h5k_t20k_leap_cv",
+              leap=dict(base["LEAP"], version="vanilla"))

@@ -1,0 +1,221 @@
+"""Configuration of ``leap-face-train``: arcface_torch-style Python config files.
+
+A config file is a Python module defining ``config`` as a dict, an ``EasyDict`` or a
+``SimpleNamespace``; its keys override :data:`DEFAULTS` (the names and defaults of
+arcface_torch's ``configs/base.py`` where they exist). LEAP's settings are the dict
+``leap`` (SPEC section 2 names, lower case), the long-tailed split the dict ``long_tail``.
+Keys of arcface_torch that this trainer does not use (``dali``, ``wandb_*`` ...) are
+reported and ignored, so arcface_torch configs load unchanged.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import runpy
+from types import SimpleNamespace
+from typing import Any, Iterable, Optional, Sequence
+
+from ..core import ALPHA_MODES, STATISTICS, VERSIONS
+from ..data.longtail import check_int
+from .backbones import BACKBONES
+
+__all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
+
+logger = logging.getLogger(__name__)
+
+#: The feature-cloud settings (SPEC section 2); ``start_epoch`` counts from 0.
+LEAP_DEFAULTS = {
+    "enabled": False, "version": "full", "tail_threshold": 20, "center_lr": 0.1,
+    "center_update_period": 1, "memory_factor": 1, "stats_period": 1, "start_epoch": 10,
+    "alpha_mode": "logit", "statistic": "paper",
+}
+
+DEFAULTS = {
+    "margin_list": (1.0, 0.5, 0.0),  # ArcFace; CosFace is (1.0, 0.0, 0.4)
+    "scale": 64.0,                   # s of Eq. 1-2 / 7-8
+    "interclass_filtering_threshold": 0.0,
+    "network": "r50",
+    "embedding_size": 512,
+    "dropout": 0.0,
+    "sample_rate": 1.0,
+    "fp16": False,
+    "batch_size": 128,               # per rank
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "num_epoch": 20,
+    "warmup_epoch": 0,
+    "verbose": 2000,                 # training steps between verifications
+    "frequent": 10,                  # training steps between log lines
+    "seed": 2048,
+    "num_workers": 2,
+    "rec": None,                     # image folder: one sub-folder per identity
+    "num_classes": None,             # None: the number of identities kept
+    "val_targets": [],               # .bin paths, or names looked up as <rec>/<name>.bin
+    "output": None,
+    "resume": False,
+    "long_tail": None,               # dict(head=, tail_classes=, tail_samples=, seed=)
+    "leap": {},
+}
+
+#: arcface_torch keys that have no effect here.
+_IGNORED = {"dali", "dali_aug", "num_image", "save_all_states", "gradient_acc", "suffix_run_name",
+            "using_wandb", "wandb_key", "wandb_entity", "wandb_project", "wandb_log_all",
+            "save_artifacts", "wandb_resume"}
+_LONG_TAIL_KEYS = ("head", "tail_classes", "tail_samples", "seed")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"config key {key} = {value!r} is not allowed: {allowed}")
+
+
+def _as_dict(obj: Any, what: str) -> dict:
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, SimpleNamespace) or hasattr(obj, "__dict__"):
+        return dict(vars(obj))
+    raise ConfigError(f"{what} must define `config` as a dict, EasyDict or SimpleNamespace, "
+                      f"got {type(obj).__name__}")
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value (leap.enabled=True)")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word is a string: rec=/data/faces
+    return key.split("."), value
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> SimpleNamespace:
+    """Load and validate a config file; ``overrides`` are ``key=value`` strings
+    (``leap.start_epoch=2``), values parsed as Python literals."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    namespace = runpy.run_path(path)
+    if "config" not in namespace:
+        raise ConfigError(f"config file {path!r} defines no `config`")
+    user = _as_dict(namespace["config"], f"config file {path!r}")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = user
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key} is not a dict")
+        node[keys[-1]] = value
+    return validate(user)
+
+
+def _check_number(key: str, value: Any, low: float, high: float = float("inf"),
+                  low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        _fail(key, value, f"use a number in {bracket}{low}, {high}]")
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    try:
+        check_int(value, key, minimum)
+    except ValueError as e:
+        raise ConfigError(f"config key {e}") from None
+
+
+def _check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        _fail(key, value, "use one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_keys(key: str, given: dict, known: Iterable[str]) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        _fail(key, given, f"unknown keys {unknown}; allowed: {sorted(known)}")
+
+
+def validate(user: dict) -> SimpleNamespace:
+    """Merge ``user`` over :data:`DEFAULTS`, check every value, return the config."""
+    ignored = sorted(set(user) & _IGNORED)
+    unknown = sorted(set(user) - set(DEFAULTS) - _IGNORED)
+    if ignored:
+        logger.warning("config keys of arcface_torch ignored by leap-face-train: %s", ignored)
+    if unknown:
+        logger.warning("unknown config keys ignored: %s", unknown)
+    cfg = {k: user.get(k, v) for k, v in DEFAULTS.items()}
+
+    margin = cfg["margin_list"]
+    if not isinstance(margin, (list, tuple)) or len(margin) != 3:
+        _fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
+    m1, m2, m3 = margin
+    if m1 != 1.0 or m2 < 0 or m3 < 0 or (m2 > 0 and m3 > 0):
+        _fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
+    _check_number("scale", cfg["scale"], 0, low_open=True)
+    _check_number("interclass_filtering_threshold", cfg["interclass_filtering_threshold"], 0, 1)
+    _check_choice("network", cfg["network"], sorted(BACKBONES))
+    _check_int("embedding_size", cfg["embedding_size"], 1)
+    _check_number("dropout", cfg["dropout"], 0, 1)
+    _check_number("sample_rate", cfg["sample_rate"], 0, 1, low_open=True)
+    _check_choice("fp16", cfg["fp16"], (False, True))
+    for key, minimum in (("batch_size", 1), ("num_epoch", 1), ("warmup_epoch", 0), ("verbose", 1),
+                         ("frequent", 1), ("seed", 0), ("num_workers", 0)):
+        _check_int(key, cfg[key], minimum)
+    if cfg["warmup_epoch"] >= cfg["num_epoch"]:
+        _fail("warmup_epoch", cfg["warmup_epoch"], f"must be smaller than num_epoch ({cfg['num_epoch']})")
+    _check_choice("optimizer", cfg["optimizer"], ("sgd", "adamw"))
+    _check_number("lr", cfg["lr"], 0, low_open=True)
+    _check_number("momentum", cfg["momentum"], 0, 1)
+    _check_number("weight_decay", cfg["weight_decay"], 0)
+    for key in ("rec", "output"):
+        if not isinstance(cfg[key], str) or not cfg[key]:
+            _fail(key, cfg[key], "set it to a folder path")
+    if cfg["num_classes"] is not None:
+        _check_int("num_classes", cfg["num_classes"], 1)
+    targets = cfg["val_targets"]
+    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+        _fail("val_targets", targets, "use a list of .bin paths or names")
+    cfg["val_targets"] = list(targets)
+    _check_choice("resume", cfg["resume"], (False, True))
+
+    cfg["leap"] = _validate_leap(cfg["leap"])
+    cfg["long_tail"] = _validate_long_tail(cfg["long_tail"])
+    return SimpleNamespace(**cfg)
+
+
+def _validate_leap(leap: Any) -> dict:
+    if not isinstance(leap, dict):
+        _fail("leap", leap, "use a dict of LEAP settings")
+    _check_keys("leap", leap, LEAP_DEFAULTS)
+    leap = {**LEAP_DEFAULTS, **leap}
+    _check_choice("leap.enabled", leap["enabled"], (False, True))
+    _check_choice("leap.version", leap["version"], VERSIONS)
+    _check_choice("leap.alpha_mode", leap["alpha_mode"], ALPHA_MODES)
+    _check_choice("leap.statistic", leap["statistic"], STATISTICS)
+    _check_number("leap.center_lr", leap["center_lr"], 0, 1)
+    _check_int("leap.tail_threshold", leap["tail_threshold"], 0)
+    for key in ("center_update_period", "memory_factor", "stats_period"):
+        _check_int(f"leap.{key}", leap[key], 1)
+    _check_int("leap.start_epoch", leap["start_epoch"], 0)
+    return leap
+
+
+def _validate_long_tail(long_tail: Optional[dict]) -> Optional[dict]:
+    if long_tail is None:
+        return None
+    if not isinstance(long_tail, dict):
+        _fail("long_tail", long_tail, "use None or dict(head=, tail_classes=, tail_samples=, seed=)")
+    _check_keys("long_tail", long_tail, _LONG_TAIL_KEYS)
+    long_tail = {"tail_classes": -1, "seed": 0, **long_tail}
+    for key, minimum in (("head", 0), ("tail_samples", 1), ("tail_classes", -1), ("seed", 0)):
+        if key not in long_tail:
+            _fail("long_tail", long_tail, f"{key} is required")
+        _check_int(f"long_tail.{key}", long_tail[key], minimum)
+    return long_tail

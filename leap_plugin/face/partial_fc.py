@@ -1,0 +1,316 @@
+"""``LeapPartialFC``: arcface_torch's ``PartialFC_V2`` contract with LEAP inside.
+
+arcface_torch's margin callable never sees the features or the global class ids, so LEAP
+plugs in one level up: this module all-gathers the embeddings and global labels (as
+PartialFC_V2 does), keeps one :class:`~leap_plugin.core.LeapMemory` keyed by global class
+id and updated from the gathered batch (so identical on every rank, SPEC section 1),
+and hands each sample's cloud variance to a :class:`~leap_plugin.face.LeapMarginLoss`.
+
+Differences from PartialFC_V2, all deliberate:
+
+- it also runs in a single process without torch.distributed, and on the CPU;
+- negative classes are sampled over the *global* class list from a generator seeded
+  identically on every rank, so the sampled set does not depend on the number of ranks
+  (PartialFC_V2 draws a fixed count per shard from each rank's own RNG);
+- rows whose label is -1 are left out of the loss (PartialFC_V2 would count them as a
+  loss of 69); uneven per-rank batch sizes are allowed.
+
+Like PartialFC_V2, the gradient returned to each rank's embeddings is multiplied by the
+world size, because DistributedDataParallel averages the backbone gradients over ranks
+while the loss is already the mean over the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import ALPHA_MODES, LeapMemory
+from ..core.distributed import all_gather_rows, rank, world_size
+from ..data.longtail import check_int
+from .margin import LeapMarginLoss
+
+__all__ = ["LeapPartialFC", "shard_range"]
+
+
+def shard_range(num_classes: int, world: int, rank_: int) -> tuple[int, int]:
+    """``(class_start, num_local)`` of a rank: contiguous shards, the first
+    ``num_classes % world`` ranks one class larger (PartialFC_V2's layout)."""
+    base, extra = divmod(num_classes, world)
+    return base * rank_ + min(rank_, extra), base + int(rank_ < extra)
+
+
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(tensor, op)
+    return tensor
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather embeddings and labels; backward sums the embedding gradient over ranks and
+    returns this rank's rows times the world size (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, labels: torch.Tensor):
+        origin = torch.full_like(labels, rank())
+        gathered, all_labels, all_origin = all_gather_rows(local, labels, origin)
+        ctx.save_for_backward((all_origin == rank()).nonzero(as_tuple=True)[0])
+        ctx.mark_non_differentiable(all_labels)
+        return gathered, all_labels
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _):
+        (mine,) = ctx.saved_tensors
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[mine] * world_size(), None
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross entropy over rows whose class columns are split across ranks.
+
+    ``labels`` are this shard's column of each row's class (-1 where it is elsewhere);
+    ``valid`` marks rows whose class exists at all. The loss of row n is
+    ``log sum_j exp(z_nj) - z_ny`` with the max, the sum and ``z_ny`` reduced over ranks.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
+        n = logits.shape[0]
+        if logits.shape[1]:
+            row_max = logits.max(dim=1, keepdim=True).values
+        else:  # every sampled class of this batch lives on other ranks
+            row_max = logits.new_full((n, 1), float("-inf"))
+        _all_reduce(row_max, dist.ReduceOp.MAX)
+        prob = (logits - row_max).exp_()
+        total = _all_reduce(prob.sum(dim=1, keepdim=True))
+        prob.div_(total)
+        here = (labels >= 0).nonzero(as_tuple=True)[0]
+        target = logits.new_zeros(n)
+        target[here] = logits[here, labels[here]]
+        _all_reduce(target)
+        per_row = row_max.squeeze(1) + total.squeeze(1).log() - target
+        count = valid.sum().clamp_min(1)
+        ctx.save_for_backward(prob, labels, valid, count)
+        return torch.where(valid, per_row, torch.zeros_like(per_row)).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        prob, labels, valid, count = ctx.saved_tensors
+        out = prob * valid.unsqueeze(1)
+        here = (labels >= 0).nonzero(as_tuple=True)[0]
+        out[here, labels[here]] -= 1
+        return out * (grad / count), None, None
+
+
+class LeapPartialFC(nn.Module):
+    """PartialFC_V2(margin_loss, embedding_size, num_classes, sample_rate, fp16) + LEAP.
+
+    ``forward(local_embeddings, local_labels) -> loss``: labels are global class ids
+    (-1 = ignore), shaped (n,) or (n, 1). Under torch.distributed the class weights are
+    sharded across ranks and each rank passes its local batch; construct the module after
+    ``init_process_group`` (the shard is fixed then).
+
+    Args:
+        margin_loss: a :class:`LeapMarginLoss` (required when LEAP is enabled), or any
+            arcface_torch-style margin callable when it is not.
+        embedding_size, num_classes, sample_rate, fp16: as in PartialFC_V2. With
+            ``sample_rate < 1`` each training step keeps every class present in the global
+            batch and fills up to ``int(sample_rate * num_classes)`` classes with negatives.
+        enabled: LEAP on (False: a plain PartialFC, no memory is allocated).
+        class_counts: K_i of every class (Eq. 5); or call :meth:`set_class_counts`.
+        version, tail_threshold, center_lr, memory_factor, statistic: see
+            :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9).
+        center_update_period: training steps between center / angle-memory updates
+            (the paper uses 5 for face data).
+        stats_period: training steps between refreshes of the cloud widths.
+        start_epoch: :meth:`set_epoch` turns the cloud on from this epoch.
+        alpha_mode: if given, overrides ``margin_loss.alpha_mode``.
+        seed: seed of the class sampler and alpha draws; identical on every rank.
+
+    Attributes:
+        cloud_active: whether training steps perturb the logits (set by :meth:`set_epoch`
+            or directly). The memory fills from the first training step regardless.
+    """
+
+    def __init__(
+        self,
+        margin_loss: Callable,
+        embedding_size: int,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        fp16: bool = False,
+        *,
+        enabled: bool = True,
+        class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
+        version: str = "full",
+        tail_threshold: int = 20,
+        center_lr: float = 0.1,
+        center_update_period: int = 1,
+        memory_factor: int = 1,
+        stats_period: int = 1,
+        start_epoch: int = 0,
+        alpha_mode: Optional[str] = None,
+        statistic: str = "paper",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not callable(margin_loss):
+            raise TypeError(f"margin_loss must be callable, got {type(margin_loss).__name__}")
+        check_int(embedding_size, "embedding_size", 1)
+        check_int(num_classes, "num_classes", 1)
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        check_int(center_update_period, "center_update_period", 1)
+        check_int(stats_period, "stats_period", 1)
+        check_int(start_epoch, "start_epoch", 0)
+        check_int(seed, "seed", 0)
+        if enabled and not isinstance(margin_loss, LeapMarginLoss):
+            raise TypeError("LEAP perturbs the margin logits: with enabled=True pass a LeapMarginLoss, "
+                            f"not {type(margin_loss).__name__}")
+        if alpha_mode is not None and isinstance(margin_loss, LeapMarginLoss):
+            if alpha_mode not in ALPHA_MODES:
+                raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+            margin_loss.alpha_mode = alpha_mode
+
+        self.margin_softmax = margin_loss
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.sample_rate = float(sample_rate)
+        self.fp16 = fp16
+        self.world_size, self.rank = world_size(), rank()
+        self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
+        self.num_sample = int(self.sample_rate * num_classes)
+        self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local, embedding_size)))
+
+        self.enabled = bool(enabled)
+        self.center_update_period = center_update_period
+        self.stats_period = stats_period
+        self.start_epoch = start_epoch
+        self.seed = seed
+        self.cloud_active = False
+        self.memory: Optional[LeapMemory] = None
+        self._has_counts = class_counts is not None
+        if self.enabled:
+            self.memory = LeapMemory(num_classes, embedding_size, class_counts, center_lr=center_lr,
+                                     memory_factor=memory_factor, version=version,
+                                     tail_threshold=tail_threshold, statistic=statistic)
+        # Training steps taken: decides the update / refresh periods, survives a resume.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._rng: dict[str, torch.Generator] = {}
+        self._rng_states: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- LEAP controls
+    def set_class_counts(self, class_counts: Union[Sequence[int], torch.Tensor]) -> None:
+        """Set K_i (the number of training samples of every class) and empty the memory."""
+        if self.memory is None:
+            return
+        self.memory.set_class_counts(class_counts)
+        self._has_counts = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of every epoch: the cloud is on from ``start_epoch``."""
+        self.cloud_active = self.enabled and epoch >= self.start_epoch
+
+    def summary(self) -> dict[str, float]:
+        """LEAP scalars for logging (empty when LEAP is disabled)."""
+        if self.memory is None:
+            return {}
+        return {**self.memory.summary(), "leap/cloud_active": float(self.cloud_active)}
+
+    # ----------------------------------------------------------------- randomness
+    def _generator(self, name: str, device: torch.device) -> torch.Generator:
+        """``"shared"``: same seed on every rank (class sampling, per-sample alpha);
+        ``"local"``: per rank (per-logit alpha, whose columns differ between ranks)."""
+        gen = self._rng.get(name)
+        if gen is None or gen.device != device:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed if name == "shared" else self.seed + 1 + self.rank)
+            if name in self._rng_states:
+                gen.set_state(self._rng_states.pop(name))
+            self._rng[name] = gen
+        return gen
+
+    def get_extra_state(self) -> dict[str, Any]:
+        states = dict(self._rng_states)
+        states.update({name: gen.get_state() for name, gen in self._rng.items()})
+        return {"rng": states}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._rng = {}
+        self._rng_states = dict(state.get("rng", {}))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "memory.class_counts" in state_dict:
+            self._has_counts = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- forward
+    def _sample(self, labels: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep every class of the batch and random negatives, ``num_sample`` in all,
+        chosen over the global class list; returns this shard's weight rows and the
+        labels re-indexed into them."""
+        device = self.weight.device
+        score = torch.rand(self.num_classes, generator=self._generator("shared", device), device=device)
+        positive = torch.unique(labels[labels >= 0])
+        score[positive] = 2.0
+        keep = positive if positive.numel() > self.num_sample else torch.topk(score, self.num_sample).indices
+        keep = keep[(keep >= self.class_start) & (keep < self.class_start + self.num_local)]
+        index = torch.sort(keep - self.class_start).values
+        here = local >= 0
+        local = torch.where(here, torch.searchsorted(index, local.clamp_min(0)), local)
+        return self.weight[index], local
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+        local_labels = local_labels.reshape(-1).long()
+        if local_embeddings.shape != (local_labels.shape[0], self.embedding_size):
+            raise ValueError(f"expected embeddings of shape ({local_labels.shape[0]}, {self.embedding_size}), "
+                             f"got {tuple(local_embeddings.shape)}")
+        if self.world_size > 1:
+            embeddings, labels = _GatherRows.apply(local_embeddings, local_labels)
+        else:
+            embeddings, labels = local_embeddings, local_labels
+        if bool(((labels < -1) | (labels >= self.num_classes)).any()):
+            raise ValueError(f"labels must be global class ids in [0, {self.num_classes}) or -1, got "
+                             f"values in [{int(labels.min())}, {int(labels.max())}]")
+
+        leap = self.training and self.memory is not None
+        if leap and not self._has_counts:
+            raise RuntimeError("LeapPartialFC needs the class sizes K_i for its angle memory (Eq. 5): "
+                               "pass class_counts=... or call set_class_counts() before training")
+        if leap and int(self.step) % self.center_update_period == 0:
+            # The memory all-gathers by itself, in the same rank order as ``labels``.
+            self.memory.update(local_embeddings, local_labels)
+        variance = self.memory.sample_variance(labels) if leap and self.cloud_active else None
+
+        here = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
+        local = torch.where(here, labels - self.class_start, torch.full_like(labels, -1))
+        weight = self.weight
+        if self.training and self.sample_rate < 1:
+            weight, local = self._sample(labels, local)
+
+        with torch.autocast(embeddings.device.type, enabled=self.fp16):
+            cos = F.linear(F.normalize(embeddings), F.normalize(weight))
+        cos = cos.float().clamp(-1, 1)
+        if variance is not None:
+            mode_rng = "shared" if self.margin_softmax.alpha_mode == "sample" else "local"
+            logits = self.margin_softmax(cos, local, variance=variance,
+                                         generator=self._generator(mode_rng, cos.device))
+        else:
+            logits = self.margin_softmax(cos, local)
+        loss = _ShardedCrossEntropy.apply(logits.float(), local.reshape(-1), labels >= 0)
+
+        if self.training:
+            self.step += 1
+            if leap and int(self.step) % self.stats_period == 0:
+                self.memory.refresh_statistics()
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+                f"num_local={self.num_local}, class_start={self.class_start}, sample_rate={self.sample_rate}, "
+                f"leap={self.enabled}, center_update_period={self.center_update_period}, "
+                f"stats_period={self.stats_period}, start_epoch={self.start_epoch}")

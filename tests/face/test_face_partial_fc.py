@@ -1,0 +1,102 @@
+"""LeapPartialFC: single process vs a 2-rank gloo group, sampling, labels of -1, state."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from face import pfc_worker
+from distributed_utils import run
+from leap_plugin.face import LeapMarginLoss, LeapPartialFC
+from leap_plugin.face.partial_fc import shard_range
+
+
+def test_shard_range_covers_all_classes():
+    shards = [shard_range(13, 3, r) for r in range(3)]
+    assert shards == [(0, 5), (5, 4), (9, 4)]
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    run(pfc_worker.worker, 2, str(tmp_path))
+    ranks = [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in range(2)]
+    for i, case in enumerate(pfc_worker.CASES):
+        single = pfc_worker.run_case(0, 1, *case)
+        r0, r1 = ranks[0][i], ranks[1][i]
+        if case[2]:
+            assert max(single["clouded"]) > 0, "the scenario must actually build feature clouds"
+        assert r0["loss"] == r1["loss"]
+        assert r0["loss"] == pytest.approx(single["loss"], abs=1e-5)
+        for step in range(pfc_worker.STEPS):
+            emb = torch.cat([r0["emb_grad"][step], r1["emb_grad"][step]])
+            torch.testing.assert_close(emb, single["emb_grad"][step], atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(r0["weight_grad"][step] + r1["weight_grad"][step],
+                                       single["weight_grad"][step], atol=1e-6, rtol=1e-4)
+        for key, value in single["state"].items():
+            torch.testing.assert_close(r0["state"][key], r1["state"][key], atol=0, rtol=0)
+            torch.testing.assert_close(r0["state"][key], value, atol=1e-6, rtol=1e-5)
+
+
+def _plain_loss(emb, weight, labels, s, m):
+    """CosFace cross entropy over all classes, rows of label -1 left out."""
+    cos = F.linear(F.normalize(emb), F.normalize(weight))
+    keep = labels >= 0
+    logits = s * (cos[keep] - m * F.one_hot(labels[keep], weight.shape[0]))
+    return F.cross_entropy(logits, labels[keep])
+
+
+def test_single_process_loss_is_cross_entropy_and_ignores_minus_one():
+    torch.manual_seed(0)
+    pfc = LeapPartialFC(LeapMarginLoss(30.0, 1.0, 0.0, 0.4), 6, 9, enabled=False)
+    emb = torch.randn(5, 6, requires_grad=True)
+    labels = torch.tensor([[2], [8], [-1], [0], [2]])
+    loss = pfc(emb, labels)
+    ref_emb = emb.detach().clone().requires_grad_()
+    ref = _plain_loss(ref_emb, pfc.weight.detach(), labels.reshape(-1), 30.0, 0.4)
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(emb.grad, ref_emb.grad)
+    assert emb.grad[2].abs().sum() == 0
+
+
+def test_sampling_keeps_positives_and_gives_gradient_to_sampled_rows_only():
+    torch.manual_seed(0)
+    pfc = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.5, 0.0), 4, 40, sample_rate=0.25, enabled=False)
+    labels = torch.tensor([3, 3, 17, 39])
+    pfc(torch.randn(4, 4), labels).backward()
+    touched = pfc.weight.grad.abs().sum(1) > 0
+    assert touched[[3, 17, 39]].all()
+    assert int(touched.sum()) == 10  # int(0.25 * 40) classes, positives included
+
+
+def test_bad_inputs_and_missing_counts_fail_clearly():
+    margin = LeapMarginLoss(16.0, 1.0, 0.5, 0.0)
+    with pytest.raises(TypeError, match="LeapMarginLoss"):
+        LeapPartialFC(lambda logits, labels: logits, 4, 10)
+    with pytest.raises(ValueError, match="sample_rate"):
+        LeapPartialFC(margin, 4, 10, sample_rate=0.0)
+    with pytest.raises(ValueError, match="center_update_period"):
+        LeapPartialFC(margin, 4, 10, center_update_period=0)
+    pfc = LeapPartialFC(margin, 4, 10)
+    with pytest.raises(RuntimeError, match="set_class_counts"):
+        pfc(torch.randn(2, 4), torch.tensor([1, 2]))
+    pfc.set_class_counts([3] * 10)
+    with pytest.raises(ValueError, match=r"class ids in \[0, 10\)"):
+        pfc(torch.randn(2, 4), torch.tensor([1, 10]))
+
+
+def test_state_dict_round_trip_restores_memory_step_and_rng():
+    torch.manual_seed(0)
+    kwargs = dict(class_counts=[2, 3, 4, 2], sample_rate=0.5, alpha_mode="sample", seed=5)
+    pfc = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.0, 0.3), 4, 4, **kwargs)
+    pfc.cloud_active = True
+    for _ in range(3):
+        pfc(torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]))
+    state = pfc.state_dict()
+    clone = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.0, 0.3), 4, 4, **{**kwargs, "class_counts": None})
+    clone.load_state_dict(state)
+    clone.cloud_active = True
+    emb, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    assert clone.step == 3
+    torch.testing.assert_close(clone(emb, labels), pfc(emb, labels))
+    torch.testing.assert_close(clone.memory.memory, pfc.memory.memory)
