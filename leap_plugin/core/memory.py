@@ -85,6 +85,8 @@ class LeapMemory(nn.Module):
         self.register_buffer("center_seen", torch.zeros(num_classes, dtype=torch.bool))
         # sum of the squared weights of the features averaged into each center (for "loo")
         self.register_buffer("center_weight_sq", torch.zeros(num_classes))
+        self.register_buffer("angle_sum", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("angle_sumsq", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("angle_mean", torch.zeros(num_classes))
         self.register_buffer("angle_var", torch.zeros(num_classes))
         self.register_buffer("stats_valid", torch.zeros(num_classes, dtype=torch.bool))
@@ -107,11 +109,6 @@ class LeapMemory(nn.Module):
         self.register_buffer("mem_ptr", torch.zeros_like(counts))
         # Derived from class_counts, so not saved.
         self.register_buffer("mem_offset", torch.cumsum(capacity, 0) - capacity, persistent=False)
-        self.register_buffer(
-            "slot_class",
-            torch.repeat_interleave(torch.arange(self.num_classes, device=device), capacity),
-            persistent=False,
-        )
 
     @property
     def capacity(self) -> torch.Tensor:
@@ -125,8 +122,8 @@ class LeapMemory(nn.Module):
 
     def reset(self) -> None:
         """Forget centers, angles and statistics (sizes stay)."""
-        for name in ("centers", "center_seen", "center_weight_sq", "angle_mean", "angle_var", "stats_valid",
-                     "cloud_var", "memory", "mem_fill", "mem_ptr"):
+        for name in ("centers", "center_seen", "center_weight_sq", "angle_sum", "angle_sumsq", "angle_mean",
+                     "angle_var", "stats_valid", "cloud_var", "memory", "mem_fill", "mem_ptr"):
             getattr(self, name).zero_()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -213,27 +210,30 @@ class LeapMemory(nn.Module):
         cap = self.capacity[labels]
         # Of more than S_i new angles of one class only the last S_i survive.
         survive = rank >= size - cap
-        slot = self.mem_offset[labels] + (self.mem_ptr[labels] + rank) % cap
-        self.memory[slot[survive]] = angles[survive]
-        n_new = torch.zeros_like(self.mem_fill).index_add_(0, labels, torch.ones_like(labels))
+        local = (self.mem_ptr[labels] + rank) % cap
+        kept, slot = labels[survive], self.mem_offset[labels[survive]] + local[survive]
+        # Running per-class sums (float64) keep the statistics O(classes), not O(memory):
+        # a slot below the fill level holds an angle that is now overwritten.
+        new = angles[survive]
+        old = torch.where(local[survive] < self.mem_fill[kept], self.memory[slot], torch.zeros_like(new))
+        self.angle_sum.index_add_(0, kept, new.double() - old.double())
+        self.angle_sumsq.index_add_(0, kept, new.double() ** 2 - old.double() ** 2)
+        self.memory[slot] = new
+        n_new = torch.bincount(labels, minlength=self.num_classes)
         self.mem_ptr.copy_((self.mem_ptr + n_new) % self.capacity)
         self.mem_fill.copy_(torch.minimum(self.mem_fill + n_new, self.capacity))
 
     @torch.no_grad()
     def refresh_statistics(self) -> None:
-        """Recompute mu_i, sigma_i^2 (unbiased) over each class's filled memory entries,
-        and the per-class cloud variance (Eq. 6 or Eq. 9). Classes with fewer than two
-        angles have no statistics and no cloud."""
-        local = torch.arange(self.memory.numel(), device=self.memory.device) - self.mem_offset[self.slot_class]
-        filled = (local < self.mem_fill[self.slot_class]).to(self.memory.dtype)
-        fill = self.mem_fill.to(self.memory.dtype)
-        mean = torch.zeros_like(self.angle_mean).index_add_(0, self.slot_class, self.memory * filled)
-        mean = mean / fill.clamp_min(1)
-        dev2 = (self.memory - mean[self.slot_class]).pow(2) * filled
-        var = torch.zeros_like(self.angle_var).index_add_(0, self.slot_class, dev2) / (fill - 1).clamp_min(1)
+        """mu_i and the unbiased sigma_i^2 of each class's filled memory entries (from the
+        running sums), and the per-class cloud variance (Eq. 6 or Eq. 9). Classes with
+        fewer than two angles have no statistics and no cloud."""
+        n = self.mem_fill.double()
+        mean = self.angle_sum / n.clamp_min(1)
+        var = ((self.angle_sumsq - self.angle_sum * mean) / (n - 1).clamp_min(1)).clamp_min(0)
         valid = self.mem_fill >= 2
-        self.angle_mean.copy_(torch.where(valid, mean, torch.zeros_like(mean)))
-        self.angle_var.copy_(torch.where(valid, var, torch.zeros_like(var)))
+        self.angle_mean.copy_(torch.where(valid, mean, 0.0).float())
+        self.angle_var.copy_(torch.where(valid, var, 0.0).float())
         self.stats_valid.copy_(valid)
         self.cloud_var.copy_(cloud_variance(self.angle_var, valid, self.class_counts,
                                             self.version, self.tail_threshold))
