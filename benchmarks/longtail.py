@@ -96,7 +96,7 @@ def write_table(rows: list[dict], out: str) -> str:
         lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | "
                      f"{_mean_std([r['Rank-1'] for r in rs])} | "
                      f"{_mean_std(ratio, 3)} | "
-                     f"{statistics.mean(r['seconds'] for r in rs) / 60:.1f} |")
+                     f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.join(out, "longtail.md"), lambda f: f.write(text.encode()))
     atomic_write(os.path.join(out, "longtail.json"), lambda f: f.write(json.dumps(rows, indent=1).encode()))

@@ -6,6 +6,7 @@ Same arguments as fastreid's: ``--config-file``, ``--resume``, ``--eval-only``,
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.env import seed_all_rng
 
+from ..io import atomic_write
 from ..reid.config import ConfigError, resolve_device, validate_config
 from ..reid.datasets import dataset_kwargs
 from ..reid.pretrained import resolve_pretrained
@@ -89,10 +91,19 @@ def main(args):
                               f"({cfg.OUTPUT_DIR!r} has none)")
         model = LeapTrainer.build_model(cfg)
         Checkpointer(model).load(weights)
-        return LeapTrainer.test(cfg, model)
+        return save_results(cfg, LeapTrainer.test(cfg, model))
     trainer = LeapTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return save_results(cfg, trainer.train())
+
+
+def save_results(cfg, results):
+    """Also write the final evaluation to ``OUTPUT_DIR/eval_results.json`` (fastreid only
+    logs it), for scripts that compare runs."""
+    if comm.is_main_process() and results:
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        atomic_write(path, lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
+    return results
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
