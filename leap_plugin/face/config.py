@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Iterable, Optional, Sequence
 
 from ..core import ALPHA_MODES, STATISTICS, VERSIONS
-from ..data.longtail import check_int
+from ..validation import ConfigError, check_choice, check_int, fail
 from .backbones import BACKBONES
 
 __all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
@@ -67,14 +67,6 @@ _IGNORED = {"dali", "dali_aug", "num_image", "save_all_states", "gradient_acc", 
 _LONG_TAIL_KEYS = ("head", "tail_classes", "tail_samples", "seed")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
-
-
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"config key {key} = {value!r} is not allowed: {allowed}")
-
-
 def _as_dict(obj: Any, what: str) -> dict:
     if isinstance(obj, dict):
         return dict(obj)
@@ -120,26 +112,13 @@ def _check_number(key: str, value: Any, low: float, high: float = float("inf"),
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or value > high or value < low or (low_open and value == low):
         bracket = "(" if low_open else "["
-        _fail(key, value, f"use a number in {bracket}{low}, {high}]")
-
-
-def _check_int(key: str, value: Any, minimum: int) -> None:
-    try:
-        check_int(value, key, minimum)
-    except ValueError as e:
-        raise ConfigError(f"config key {e}") from None
-
-
-def _check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        _fail(key, value, "use one of " + ", ".join(repr(c) for c in choices))
+        fail(key, value, f"use a number in {bracket}{low}, {high}]")
 
 
 def _check_keys(key: str, given: dict, known: Iterable[str]) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
-        _fail(key, given, f"unknown keys {unknown}; allowed: {sorted(known)}")
+        fail(key, given, f"unknown keys {unknown}; allowed: {sorted(known)}")
 
 
 def validate(user: dict) -> SimpleNamespace:
@@ -154,36 +133,36 @@ def validate(user: dict) -> SimpleNamespace:
 
     margin = cfg["margin_list"]
     if not isinstance(margin, (list, tuple)) or len(margin) != 3:
-        _fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
+        fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
     m1, m2, m3 = margin
     if m1 != 1.0 or m2 < 0 or m3 < 0 or (m2 > 0 and m3 > 0):
-        _fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
+        fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
     _check_number("scale", cfg["scale"], 0, low_open=True)
     _check_number("interclass_filtering_threshold", cfg["interclass_filtering_threshold"], 0, 1)
-    _check_choice("network", cfg["network"], sorted(BACKBONES))
-    _check_int("embedding_size", cfg["embedding_size"], 1)
+    check_choice("network", cfg["network"], sorted(BACKBONES))
+    check_int("embedding_size", cfg["embedding_size"], 1)
     _check_number("dropout", cfg["dropout"], 0, 1)
     _check_number("sample_rate", cfg["sample_rate"], 0, 1, low_open=True)
-    _check_choice("fp16", cfg["fp16"], (False, True))
+    check_choice("fp16", cfg["fp16"], (False, True))
     for key, minimum in (("batch_size", 1), ("num_epoch", 1), ("warmup_epoch", 0), ("verbose", 1),
                          ("frequent", 1), ("seed", 0), ("num_workers", 0)):
-        _check_int(key, cfg[key], minimum)
+        check_int(key, cfg[key], minimum)
     if cfg["warmup_epoch"] >= cfg["num_epoch"]:
-        _fail("warmup_epoch", cfg["warmup_epoch"], f"must be smaller than num_epoch ({cfg['num_epoch']})")
-    _check_choice("optimizer", cfg["optimizer"], ("sgd", "adamw"))
+        fail("warmup_epoch", cfg["warmup_epoch"], f"must be smaller than num_epoch ({cfg['num_epoch']})")
+    check_choice("optimizer", cfg["optimizer"], ("sgd", "adamw"))
     _check_number("lr", cfg["lr"], 0, low_open=True)
     _check_number("momentum", cfg["momentum"], 0, 1)
     _check_number("weight_decay", cfg["weight_decay"], 0)
     for key in ("rec", "output"):
         if not isinstance(cfg[key], str) or not cfg[key]:
-            _fail(key, cfg[key], "set it to a folder path")
+            fail(key, cfg[key], "set it to a folder path")
     if cfg["num_classes"] is not None:
-        _check_int("num_classes", cfg["num_classes"], 1)
+        check_int("num_classes", cfg["num_classes"], 1)
     targets = cfg["val_targets"]
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
-        _fail("val_targets", targets, "use a list of .bin paths or names")
+        fail("val_targets", targets, "use a list of .bin paths or names")
     cfg["val_targets"] = list(targets)
-    _check_choice("resume", cfg["resume"], (False, True))
+    check_choice("resume", cfg["resume"], (False, True))
 
     cfg["leap"] = _validate_leap(cfg["leap"])
     cfg["long_tail"] = _validate_long_tail(cfg["long_tail"])
@@ -192,18 +171,18 @@ def validate(user: dict) -> SimpleNamespace:
 
 def _validate_leap(leap: Any) -> dict:
     if not isinstance(leap, dict):
-        _fail("leap", leap, "use a dict of LEAP settings")
+        fail("leap", leap, "use a dict of LEAP settings")
     _check_keys("leap", leap, LEAP_DEFAULTS)
     leap = {**LEAP_DEFAULTS, **leap}
-    _check_choice("leap.enabled", leap["enabled"], (False, True))
-    _check_choice("leap.version", leap["version"], VERSIONS)
-    _check_choice("leap.alpha_mode", leap["alpha_mode"], ALPHA_MODES)
-    _check_choice("leap.statistic", leap["statistic"], STATISTICS)
+    check_choice("leap.enabled", leap["enabled"], (False, True))
+    check_choice("leap.version", leap["version"], VERSIONS)
+    check_choice("leap.alpha_mode", leap["alpha_mode"], ALPHA_MODES)
+    check_choice("leap.statistic", leap["statistic"], STATISTICS)
     _check_number("leap.center_lr", leap["center_lr"], 0, 1)
-    _check_int("leap.tail_threshold", leap["tail_threshold"], 0)
+    check_int("leap.tail_threshold", leap["tail_threshold"], 0)
     for key in ("center_update_period", "memory_factor", "stats_period"):
-        _check_int(f"leap.{key}", leap[key], 1)
-    _check_int("leap.start_epoch", leap["start_epoch"], 0)
+        check_int(f"leap.{key}", leap[key], 1)
+    check_int("leap.start_epoch", leap["start_epoch"], 0)
     return leap
 
 
@@ -211,11 +190,11 @@ def _validate_long_tail(long_tail: Optional[dict]) -> Optional[dict]:
     if long_tail is None:
         return None
     if not isinstance(long_tail, dict):
-        _fail("long_tail", long_tail, "use None or dict(head=, tail_classes=, tail_samples=, seed=)")
+        fail("long_tail", long_tail, "use None or dict(head=, tail_classes=, tail_samples=, seed=)")
     _check_keys("long_tail", long_tail, _LONG_TAIL_KEYS)
     long_tail = {"tail_classes": -1, "seed": 0, **long_tail}
     for key, minimum in (("head", 0), ("tail_samples", 1), ("tail_classes", -1), ("seed", 0)):
         if key not in long_tail:
-            _fail("long_tail", long_tail, f"{key} is required")
-        _check_int(f"long_tail.{key}", long_tail[key], minimum)
+            fail("long_tail", long_tail, f"{key} is required")
+        check_int(f"long_tail.{key}", long_tail[key], minimum)
     return long_tail

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from fastreid.config import CfgNode as CN
 
 from ..core import ALPHA_MODES, STATISTICS, VERSIONS
+from ..validation import ConfigError, check_choice, check_int, fail
 
 logger = logging.getLogger(__name__)
 
@@ -18,10 +19,6 @@ LEAP_CLS_LAYERS = ("LeapCosSoftmax", "LeapArcSoftmax")
 #: fastreid's own training samplers plus ours (``leap_plugin.reid.sampler``).
 TRAIN_SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler",
                   "SetReWeightSampler", "ImbalancedDatasetSampler", "LongTailIdentitySampler")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
 
 
 def add_leap_config(cfg: CN) -> CN:
@@ -66,67 +63,52 @@ def set_default(node: CN, key: str, value: Any) -> None:
         node[key] = value
 
 
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
-
-
-def _check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        _fail(key, value, "use one of " + ", ".join(repr(c) for c in choices))
-
-
-def _check_int(key: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(key, value, f"use an integer >= {minimum}")
-
-
 def validate_config(cfg: CN) -> None:
     """Fail early, with the key and the allowed values, on LEAP / long-tail / device
     settings that cannot work. Call after merging files and command-line overrides."""
     leap = cfg.MODEL.HEADS.LEAP
-    _check_choice("MODEL.HEADS.LEAP.VERSION", leap.VERSION, VERSIONS)
-    _check_choice("MODEL.HEADS.LEAP.ALPHA_MODE", leap.ALPHA_MODE, ALPHA_MODES)
-    _check_choice("MODEL.HEADS.LEAP.STATISTIC", leap.STATISTIC, STATISTICS)
+    check_choice("MODEL.HEADS.LEAP.VERSION", leap.VERSION, VERSIONS)
+    check_choice("MODEL.HEADS.LEAP.ALPHA_MODE", leap.ALPHA_MODE, ALPHA_MODES)
+    check_choice("MODEL.HEADS.LEAP.STATISTIC", leap.STATISTIC, STATISTICS)
     if not isinstance(leap.CENTER_LR, (int, float)) or not 0.0 <= leap.CENTER_LR <= 1.0:
-        _fail("MODEL.HEADS.LEAP.CENTER_LR", leap.CENTER_LR, "gamma must be a number in [0, 1]")
-    _check_int("MODEL.HEADS.LEAP.TAIL_THRESHOLD", leap.TAIL_THRESHOLD, 0)
-    _check_int("MODEL.HEADS.LEAP.CENTER_UPDATE_PERIOD", leap.CENTER_UPDATE_PERIOD, 1)
-    _check_int("MODEL.HEADS.LEAP.MEMORY_FACTOR", leap.MEMORY_FACTOR, 1)
-    _check_int("MODEL.HEADS.LEAP.STATS_PERIOD", leap.STATS_PERIOD, 1)
-    _check_int("MODEL.HEADS.LEAP.START_EPOCH", leap.START_EPOCH, 0)
+        fail("MODEL.HEADS.LEAP.CENTER_LR", leap.CENTER_LR, "gamma must be a number in [0, 1]")
+    check_int("MODEL.HEADS.LEAP.TAIL_THRESHOLD", leap.TAIL_THRESHOLD, 0)
+    check_int("MODEL.HEADS.LEAP.CENTER_UPDATE_PERIOD", leap.CENTER_UPDATE_PERIOD, 1)
+    check_int("MODEL.HEADS.LEAP.MEMORY_FACTOR", leap.MEMORY_FACTOR, 1)
+    check_int("MODEL.HEADS.LEAP.STATS_PERIOD", leap.STATS_PERIOD, 1)
+    check_int("MODEL.HEADS.LEAP.START_EPOCH", leap.START_EPOCH, 0)
     if leap.ENABLED:
         if cfg.MODEL.HEADS.CLS_LAYER not in LEAP_CLS_LAYERS:
-            _fail("MODEL.HEADS.CLS_LAYER", cfg.MODEL.HEADS.CLS_LAYER,
+            fail("MODEL.HEADS.CLS_LAYER", cfg.MODEL.HEADS.CLS_LAYER,
                   "LEAP perturbs cosine logits; with MODEL.HEADS.LEAP.ENABLED use one of "
                   + ", ".join(LEAP_CLS_LAYERS))
         if cfg.MODEL.HEADS.NAME != "LeapHead":
-            _fail("MODEL.HEADS.NAME", cfg.MODEL.HEADS.NAME,
+            fail("MODEL.HEADS.NAME", cfg.MODEL.HEADS.NAME,
                   "with MODEL.HEADS.LEAP.ENABLED use 'LeapHead' (it feeds the features to LEAP)")
 
     lt = cfg.DATASETS.LONG_TAIL
-    _check_int("DATASETS.LONG_TAIL.HEAD", lt.HEAD, 0)
-    _check_int("DATASETS.LONG_TAIL.TAIL_SAMPLES", lt.TAIL_SAMPLES, 1)
-    _check_int("DATASETS.LONG_TAIL.TAIL_CLASSES", lt.TAIL_CLASSES, -1)
-    _check_int("DATASETS.LONG_TAIL.SEED", lt.SEED, 0)
+    check_int("DATASETS.LONG_TAIL.HEAD", lt.HEAD, 0)
+    check_int("DATASETS.LONG_TAIL.TAIL_SAMPLES", lt.TAIL_SAMPLES, 1)
+    check_int("DATASETS.LONG_TAIL.TAIL_CLASSES", lt.TAIL_CLASSES, -1)
+    check_int("DATASETS.LONG_TAIL.SEED", lt.SEED, 0)
 
     from .peers import validate_peer_config
 
     validate_peer_config(cfg)
 
-    _check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
-    _check_int("SEED", cfg.SEED, -1)
-    _check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
+    check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
+    check_int("SEED", cfg.SEED, -1)
+    check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
     q = cfg.DATALOADER.LONG_TAIL_Q
     if isinstance(q, bool) or not isinstance(q, (int, float)) or q < 0:
-        _fail("DATALOADER.LONG_TAIL_Q", q, "use a number >= 0 (1 natural, 0.5 square-root, 0 class-balanced)")
+        fail("DATALOADER.LONG_TAIL_Q", q, "use a number >= 0 (1 natural, 0.5 square-root, 0 class-balanced)")
 
     if not torch.cuda.is_available():
         if cfg.SOLVER.AMP.ENABLED:
-            _fail("SOLVER.AMP.ENABLED", True,
+            fail("SOLVER.AMP.ENABLED", True,
                   "fastreid's AMP trainer needs CUDA and this machine has none; set it to False")
         if cfg.TEST.RERANK.ENABLED:
-            _fail("TEST.RERANK.ENABLED", True,
+            fail("TEST.RERANK.ENABLED", True,
                   "fastreid's re-ranking moves features to CUDA and this machine has none; set it to False")
 
 

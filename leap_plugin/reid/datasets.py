@@ -33,7 +33,8 @@ from ..data.folders import (  # noqa: E402
     split_query_gallery,
 )
 from ..data.longtail import check_int  # noqa: E402
-from .config import ConfigError, set_default  # noqa: E402
+from ..validation import ConfigError  # noqa: E402
+from .config import set_default  # noqa: E402
 
 __all__ = ["LeapFolder", "WesnothSprites", "add_dataset_config", "dataset_kwargs"]
 

@@ -41,7 +41,8 @@ from ..core.longtail import (
     per_sample,
     weighted_cross_entropy,
 )
-from .config import _check_int, _fail, set_default
+from ..validation import check_int, fail
+from .config import set_default
 
 __all__ = [
     "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "PEER_LAYERS", "LongTailBaseline",
@@ -269,12 +270,12 @@ def validate_peer_config(cfg: CN) -> None:
         for key, _ in layer.options.values():
             value = cfg.MODEL.HEADS[layer.config_node][key]
             if not _is_number(value) or value < 0:
-                _fail(f"MODEL.HEADS.{layer.config_node}.{key}", value, "use a number >= 0")
+                fail(f"MODEL.HEADS.{layer.config_node}.{key}", value, "use a number >= 0")
     cb = cfg.MODEL.LOSSES.CLASS_BALANCED
     if not _is_number(cb.BETA) or not 0.0 <= cb.BETA < 1.0:
-        _fail("MODEL.LOSSES.CLASS_BALANCED.BETA", cb.BETA,
+        fail("MODEL.LOSSES.CLASS_BALANCED.BETA", cb.BETA,
               "use a number in [0, 1) (0 no re-weighting, 0.9999 the papers' default)")
-    _check_int("MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", cb.START_EPOCH, 0)
+    check_int("MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", cb.START_EPOCH, 0)
 
     peer_layer = cfg.MODEL.HEADS.CLS_LAYER in {c.__name__ for c in PEER_LAYERS}
     if peer_layer or cb.ENABLED:
@@ -286,13 +287,13 @@ def validate_peer_config(cfg: CN) -> None:
         if not long_tail:
             why = (f"MODEL.HEADS.CLS_LAYER {cfg.MODEL.HEADS.CLS_LAYER} takes its hyperparameters from it"
                    if peer_layer else "MODEL.LOSSES.CLASS_BALANCED needs its loss")
-            _fail("MODEL.META_ARCHITECTURE", arch, f"use 'LongTailBaseline' ({why})")
+            fail("MODEL.META_ARCHITECTURE", arch, f"use 'LongTailBaseline' ({why})")
     if cb.ENABLED:
         if "CrossEntropyLoss" not in cfg.MODEL.LOSSES.NAME:
-            _fail("MODEL.LOSSES.NAME", cfg.MODEL.LOSSES.NAME,
+            fail("MODEL.LOSSES.NAME", cfg.MODEL.LOSSES.NAME,
                   "MODEL.LOSSES.CLASS_BALANCED re-weights the cross-entropy: include 'CrossEntropyLoss'")
         if cfg.MODEL.LOSSES.CE.EPSILON < 0:
-            _fail("MODEL.LOSSES.CE.EPSILON", cfg.MODEL.LOSSES.CE.EPSILON,
+            fail("MODEL.LOSSES.CE.EPSILON", cfg.MODEL.LOSSES.CE.EPSILON,
                   "with MODEL.LOSSES.CLASS_BALANCED use a fixed label smoothing >= 0 (not the adaptive one)")
 
 
