@@ -36,7 +36,7 @@ SETTINGS = {
 RUNS = (("CosFace", "cosface_mnv2.yml"), ("LEAP-CF", "leap_cf_mnv2.yml"))
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
 # Lines of the training log shown while it runs: progress, LEAP state, results, errors.
-SHOWN = ("epoch/iter", " LEAP ", "Evaluation results", "| Dataset", "| Wesnoth", "Error", "Traceback")
+SHOWN = ("epoch/iter", "LEAP leap/", "Evaluation results", "| Dataset", "| Wesnoth", "Error", "Traceback")
 
 
 def eval_results(output_dir: str) -> dict:

@@ -23,7 +23,7 @@ import torch
 
 from ..io import atomic_write
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
 _APPLIED: set[str] = set()
 

@@ -10,7 +10,7 @@ from fastreid.config import CfgNode as CN
 from ..core import ALPHA_MODES, STATISTICS, VERSIONS
 from ..validation import ConfigError, check_choice, check_int, fail
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
 __all__ = ["add_leap_config", "validate_config", "ConfigError", "LEAP_CLS_LAYERS", "TRAIN_SAMPLERS"]
 

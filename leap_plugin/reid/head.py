@@ -9,7 +9,6 @@ In training it updates the class centers and angle memory from the neck features
 """
 from __future__ import annotations
 
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,6 @@ from ..core import LeapMemory
 
 __all__ = ["LeapHead", "leap_heads"]
 
-logger = logging.getLogger(__name__)
 
 
 @REID_HEADS_REGISTRY.register()

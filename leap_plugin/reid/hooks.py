@@ -12,7 +12,7 @@ from .head import LeapHead
 
 __all__ = ["LeapHook"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
 
 class LeapHook(HookBase):

@@ -50,7 +50,7 @@ __all__ = [
     "validate_peer_config", "PEER_METHODS",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
 class _ClassCounts:
     """K_i as a long buffer, zero until :meth:`set_class_counts` (``LeapTrainer`` calls it)."""

@@ -33,7 +33,7 @@ from .sampler import LongTailIdentitySampler
 
 __all__ = ["LeapTrainer", "build_train_set", "class_counts"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
 
 def build_train_set(cfg) -> CommDataset:
