@@ -45,6 +45,10 @@ def methods() -> dict[str, tuple[str, list[str]]]:
         "LEAP-CF loo": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
         "LEAP-AF loo": ("leap_af_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
         "LT sampler": ("longtail_sampler_mnv2.yml", []),
+        # ablations of LEAP-CF (issue 3: when LEAP does not beat the baseline, find out why)
+        "LEAP-CF alpha/sample": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.ALPHA_MODE", "sample"]),
+        "LEAP-CF start 2": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.START_EPOCH", "2"]),
+        "LEAP-CF P=3": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.MEMORY_FACTOR", "3"]),
     }
     for name, overrides in PEER_METHODS.items():
         extra = _DRW_EPOCH if name == "ldam_drw" else []

