@@ -160,6 +160,26 @@ def patch_data_errors() -> None:
     Dataset.check_before_run = check_before_run
 
 
+@_once("short_run_printer")
+def patch_short_run_printer() -> None:
+    """``CommonMetricPrinter`` estimates the ETA from two writes when the iteration timer
+    has no history yet (its first 3 iterations are warm-up) and divides by zero when both
+    writes fall on the same iteration: a run of fewer than 4 iterations per epoch (a small
+    folder data set) crashes at the end of training. Such a duplicate write is skipped."""
+    from fastreid.utils.events import CommonMetricPrinter
+
+    original = CommonMetricPrinter.write
+
+    @functools.wraps(original)
+    def write(self):
+        try:
+            original(self)
+        except ZeroDivisionError:
+            pass
+
+    CommonMetricPrinter.write = write
+
+
 # --------------------------------------------------------------------------- evaluation
 def build_fast_ranking() -> bool:
     """Build fastreid's Cython ranking in place with this interpreter. Returns success."""
@@ -297,6 +317,7 @@ def apply() -> None:
     patch_optimizer_zero_grad()
     patch_atomic_checkpoint()
     patch_data_errors()
+    patch_short_run_printer()
     patch_ranking_build()
     if not torch.cuda.is_available():
         patch_cpu_dataloader()

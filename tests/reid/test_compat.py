@@ -112,3 +112,14 @@ def test_cpu_dataloader_iterates_without_cuda():
 
     loader = DataLoaderX(0, dataset=[{"x": torch.tensor([i])} for i in range(5)], batch_size=2)
     assert [b["x"].tolist() for b in loader] == [[[0], [1]], [[2], [3]], [[4]]]
+
+
+def test_metric_printer_survives_two_writes_at_one_iteration():
+    from fastreid.utils.events import CommonMetricPrinter, EventStorage
+
+    with EventStorage(0) as storage:
+        storage.epoch = 0  # set by fastreid's trainer before each epoch
+        storage.put_scalar("total_loss", 1.0)
+        printer = CommonMetricPrinter(max_iter=10)
+        printer.write()
+        printer.write()  # fastreid 1.4.0: ZeroDivisionError (no "time" history yet)
