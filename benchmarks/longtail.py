@@ -56,9 +56,13 @@ def methods() -> dict[str, tuple[str, list[str]]]:
     return table
 
 
+def run_dir_of(out: str, setting: str, method: str, seed: int) -> str:
+    return os.path.join(out, "runs", setting, method.replace(" ", "_"), f"seed{seed}")
+
+
 def run_one(setting: str, method: str, seed: int, out: str) -> dict:
     config, overrides = methods()[method]
-    run_dir = os.path.join(out, "runs", setting, method.replace(" ", "_"), f"seed{seed}")
+    run_dir = run_dir_of(out, setting, method, seed)
     opts = SETTINGS[setting] + overrides + ["SEED", str(seed)]
     result = train_run(f"{setting} {method} s{seed}", os.path.join(CONFIGS, config), run_dir, opts)
     if "tail_head_var_ratio" not in result:
@@ -88,19 +92,23 @@ def write_table(rows: list[dict], out: str) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["setting"], r["method"]), []).append(r)
-    commands = sorted({r["command"] for r in rows})
-    lines = ["Commands (each run resumable; rows merge across them):", "",
-             *[f"    {c}" for c in commands], "", f"Machine: {_machine()}  ",
+    lines = [f"Machine: {_machine()}  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
              "| setting | method | seeds | mAP | Rank-1 | tail/head variance ratio | minutes per run |",
              "|---|---|---|---|---|---|---|"]
-    for (setting, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(methods()).index(kv[0][1]))):
+    order = list(methods())
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
+    for (setting, method), rs in ordered:
         ratio = [r.get("tail_head_var_ratio") for r in rs]
         lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | "
                      f"{_mean_std([r['Rank-1'] for r in rs])} | "
                      f"{_mean_std(ratio, 3)} | "
                      f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
+    lines += ["", "Each row is reproduced (and resumed: finished runs are reused) by:", ""]
+    for (setting, method), rs in ordered:
+        seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"    python benchmarks/longtail.py --settings {setting} --methods '{method}' --seeds {seeds}")
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.join(out, "longtail.md"), lambda f: f.write(text.encode()))
     atomic_write(os.path.join(out, "longtail.json"), lambda f: f.write(json.dumps(rows, indent=1).encode()))
@@ -114,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with one thread when > 1)")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate the finished runs among the chosen ones, train nothing")
     args = parser.parse_args(argv)
     import leap_plugin  # noqa: F401
 
@@ -125,10 +135,11 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     jobs = [(s, m, seed) for s in args.settings for seed in args.seeds for m in chosen]
+    if args.report_only:
+        jobs = [j for j in jobs if os.path.isfile(os.path.join(run_dir_of(args.output, *j), "results.json"))]
     start = time.time()
-    command = "python benchmarks/longtail.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = [dict(r, command=command) for r in pool.map(lambda j: run_one(*j, args.output), jobs)]
+        rows = list(pool.map(lambda j: run_one(*j, args.output), jobs))
     previous = []
     path = os.path.join(args.output, "longtail.json")
     if os.path.isfile(path):
