@@ -9,7 +9,6 @@ In training it updates the class centers and angle memory from the neck features
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from fastreid.config import configurable
@@ -18,7 +17,6 @@ from fastreid.modeling.heads import REID_HEADS_REGISTRY, EmbeddingHead
 from ..core import LeapMemory
 
 __all__ = ["LeapHead", "leap_heads"]
-
 
 
 @REID_HEADS_REGISTRY.register()
