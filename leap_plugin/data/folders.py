@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..io import atomic_write
 
-from .longtail import check_int, item_key
+from .longtail import require_int, item_key
 
 __all__ = [
     "IMAGE_EXTENSIONS", "WESNOTH_UNITS", "Sample", "scan_folder", "scan_wesnoth", "pose_family",
@@ -160,7 +160,7 @@ def split_identities(ids: Sequence[Hashable], test_fraction: float,
     for testing, drawn by ``numpy.random.default_rng(seed)``; both lists sorted. Independent
     of the order and repetitions of ``ids``."""
     check_fraction(test_fraction, "test_fraction")
-    check_int(seed, "seed", 0)
+    require_int(seed, "seed", 0)
     unique = sorted(set(ids), key=str)
     order = np.random.default_rng(seed).permutation(len(unique))
     n_test = int(round(test_fraction * len(unique)))
@@ -186,8 +186,8 @@ def split_query_gallery(items: Sequence[Sample], query_per_id: int,
     gallery as distractors. An identity with few cameras may give fewer queries than asked.
     Independent of the order of ``items``; both lists sorted.
     """
-    check_int(query_per_id, "query_per_id", 1)
-    check_int(seed, "seed", 0)
+    require_int(query_per_id, "query_per_id", 1)
+    require_int(seed, "seed", 0)
     rng = np.random.default_rng(seed)
     by_id: dict[Hashable, list[Sample]] = {}
     for item in sorted(items, key=item_key):

@@ -10,12 +10,12 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["long_tail_split", "class_counts", "split_summary", "check_int", "item_key"]
+__all__ = ["long_tail_split", "class_counts", "split_summary", "require_int", "item_key"]
 
 Item = tuple  # (img_path, pid, camid), as fastreid's datasets list them
 
 
-def check_int(value: Any, name: str, minimum: int) -> None:
+def require_int(value: Any, name: str, minimum: int) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -54,9 +54,9 @@ def long_tail_split(items: Sequence[Item], head: int, tail_samples: int, seed: i
     The result is sorted, so it depends on the set of items and the seed only, never on
     their order.
     """
-    check_int(head, "head", 0)
-    check_int(tail_samples, "tail_samples", 1)
-    check_int(tail_classes, "tail_classes", -1)
+    require_int(head, "head", 0)
+    require_int(tail_samples, "tail_samples", 1)
+    require_int(tail_classes, "tail_classes", -1)
     by_pid: dict[Hashable, list[Item]] = {}
     for item in sorted(items, key=item_key):
         by_pid.setdefault(item[1], []).append(item)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..core import ALPHA_MODES, LeapMemory
 from ..core.distributed import all_gather_rows, rank, world_size
-from ..data.longtail import check_int
+from ..data.longtail import require_int
 from .margin import LeapMarginLoss
 
 __all__ = ["LeapPartialFC", "shard_range"]
@@ -160,14 +160,14 @@ class LeapPartialFC(nn.Module):
         super().__init__()
         if not callable(margin_loss):
             raise TypeError(f"margin_loss must be callable, got {type(margin_loss).__name__}")
-        check_int(embedding_size, "embedding_size", 1)
-        check_int(num_classes, "num_classes", 1)
+        require_int(embedding_size, "embedding_size", 1)
+        require_int(num_classes, "num_classes", 1)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-        check_int(center_update_period, "center_update_period", 1)
-        check_int(stats_period, "stats_period", 1)
-        check_int(start_epoch, "start_epoch", 0)
-        check_int(seed, "seed", 0)
+        require_int(center_update_period, "center_update_period", 1)
+        require_int(stats_period, "stats_period", 1)
+        require_int(start_epoch, "start_epoch", 0)
+        require_int(seed, "seed", 0)
         if enabled and not isinstance(margin_loss, LeapMarginLoss):
             raise TypeError("LEAP perturbs the margin logits: with enabled=True pass a LeapMarginLoss, "
                             f"not {type(margin_loss).__name__}")

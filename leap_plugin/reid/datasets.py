@@ -32,7 +32,7 @@ from ..data.folders import (  # noqa: E402
     split_identities,
     split_query_gallery,
 )
-from ..data.longtail import check_int  # noqa: E402
+from ..data.longtail import require_int  # noqa: E402
 from ..validation import ConfigError  # noqa: E402
 from .config import set_default  # noqa: E402
 
@@ -78,8 +78,8 @@ def _config_value(cfg: CN, group: str, key: str, check: Callable[[Any, str], Any
 def _split_config(cfg: CN, group: str) -> dict[str, Any]:
     return {
         "test_fraction": _config_value(cfg, group, "TEST_FRACTION", check_fraction),
-        "query_per_id": _config_value(cfg, group, "QUERY_PER_ID", lambda v, n: check_int(v, n, 1)),
-        "seed": _config_value(cfg, group, "SEED", lambda v, n: check_int(v, n, 0)),
+        "query_per_id": _config_value(cfg, group, "QUERY_PER_ID", lambda v, n: require_int(v, n, 1)),
+        "seed": _config_value(cfg, group, "SEED", lambda v, n: require_int(v, n, 0)),
     }
 
 
