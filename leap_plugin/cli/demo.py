@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 from ..io import atomic_write
@@ -46,11 +47,13 @@ def eval_results(output_dir: str) -> dict:
     return {k: results[k] for k in METRICS}
 
 
-def _leap_train(label: str, output_dir: str, args: Sequence[str], log_name: str) -> None:
+def _leap_train(label: str, output_dir: str, args: Sequence[str], log_name: str,
+                threads: Optional[int] = None) -> None:
     cmd = [sys.executable, "-m", "leap_plugin.cli.train", *args]
     print(f"[{label}] {' '.join(cmd[1:])}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     with open(os.path.join(output_dir, log_name), "w") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT) as proc:
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env) as proc:
         for line in proc.stdout:
             log.write(line)
             if any(s in line for s in SHOWN):
@@ -59,11 +62,13 @@ def _leap_train(label: str, output_dir: str, args: Sequence[str], log_name: str)
         raise RuntimeError(f"[{label}] leap-train failed (exit {proc.returncode}); see {output_dir}/{log_name}")
 
 
-def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str]) -> dict:
+def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str],
+              threads: Optional[int] = None) -> dict:
     """Train with ``leap-train`` unless ``output_dir`` holds a finished run; return its results.
 
     A run whose final checkpoint exists but whose evaluation is missing is evaluated
-    (``--eval-only``), not trained again.
+    (``--eval-only``), not trained again. ``threads`` sets the training process's
+    ``OMP_NUM_THREADS`` (default: inherited).
     """
     done = os.path.join(output_dir, "results.json")
     if os.path.isfile(done):
@@ -75,11 +80,11 @@ def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str]
     final = os.path.join(output_dir, "model_final.pth")
     start = time.time()
     if os.path.isfile(final) and not os.path.isfile(os.path.join(output_dir, "eval_results.json")):
-        _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log")
+        _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log", threads)
         seconds = None
     else:
         if not os.path.isfile(final):  # --resume: an interrupted run continues from its last checkpoint
-            _leap_train(label, output_dir, ["--resume", *base], "train.log")
+            _leap_train(label, output_dir, ["--resume", *base], "train.log", threads)
         seconds = round(time.time() - start, 1)
     result = {"label": label, "config": os.path.relpath(config, ROOT), "overrides": list(overrides),
               "seconds": seconds, **eval_results(output_dir)}
@@ -184,6 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", default="outputs/demo")
     parser.add_argument("--setting", default="H20_S4", choices=sorted(SETTINGS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, choices=(1, 2),
+                        help="trainings at once (2: in parallel, one thread each)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.output)
@@ -194,17 +201,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .analyze import analyze
     from .train import load_config
 
-    runs, analyses = [], {}
+    def run_dir(label: str) -> str:
+        return os.path.join(out, label.lower().replace("-", "_"))
+
+    # Two trainings with one thread each use 2 cores better than one after the other with two
+    # threads (measured on the 2-core machine: 1.2 s/iteration each in parallel vs 0.85 alone).
+    threads = 1 if args.jobs > 1 else None
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda rc: train_run(rc[0], os.path.join(CONFIGS, rc[1]), run_dir(rc[0]),
+                                                  overrides, threads), RUNS))
+    analyses = {}
     for label, config in RUNS:
-        run_dir = os.path.join(out, label.lower().replace("-", "_"))
         config_path = os.path.join(CONFIGS, config)
-        runs.append(train_run(label, config_path, run_dir, overrides))
         print(f"[{label}] analysing the training features", flush=True)
-        cfg = load_config(config_path, ["OUTPUT_DIR", run_dir, *overrides])
-        analysis = analyze(cfg, os.path.join(run_dir, "model_final.pth"), os.path.join(run_dir, "analysis"))
-        analysis["dir"] = os.path.relpath(os.path.join(run_dir, "analysis"), out)
+        cfg = load_config(config_path, ["OUTPUT_DIR", run_dir(label), *overrides])
+        analysis = analyze(cfg, os.path.join(run_dir(label), "model_final.pth"), os.path.join(run_dir(label), "analysis"))
+        analysis["dir"] = os.path.relpath(os.path.join(run_dir(label), "analysis"), out)
         analyses[label] = analysis
-    plot_training_curves({label: os.path.join(out, label.lower().replace("-", "_"), "metrics.json")
+    plot_training_curves({label: os.path.join(run_dir(label), "metrics.json")
                           for label, _ in RUNS}, os.path.join(out, "training_curves.png"))
     command = "make demo" if argv is None and os.environ.get("MAKELEVEL") else " ".join(["leap-demo", *(argv or sys.argv[1:])])
     write_report(out, args.setting, args.seed, runs, analyses, command)
