@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ..core import ALPHA_MODES, STATISTICS, VERSIONS
 from ..validation import ConfigError, check_choice, check_int, fail
 from .backbones import BACKBONES
+from .longtail import LONG_TAIL_METHODS
 
 __all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
 
@@ -57,6 +58,7 @@ DEFAULTS = {
     "output": None,
     "resume": False,
     "long_tail": None,               # dict(head=, tail_classes=, tail_samples=, seed=)
+    "long_tail_loss": None,          # dict(method="ldam" | "balanced_softmax" | "adaptive_arc", **options)
     "leap": {},
 }
 
@@ -166,6 +168,7 @@ def validate(user: dict) -> SimpleNamespace:
 
     cfg["leap"] = _validate_leap(cfg["leap"])
     cfg["long_tail"] = _validate_long_tail(cfg["long_tail"])
+    cfg["long_tail_loss"] = _validate_long_tail_loss(cfg["long_tail_loss"], cfg)
     return SimpleNamespace(**cfg)
 
 
@@ -198,3 +201,29 @@ def _validate_long_tail(long_tail: Optional[dict]) -> Optional[dict]:
             fail("long_tail", long_tail, f"{key} is required")
         check_int(f"long_tail.{key}", long_tail[key], minimum)
     return long_tail
+
+
+def _validate_long_tail_loss(loss: Optional[dict], cfg: dict) -> Optional[dict]:
+    """A peer method instead of LEAP: ``dict(method=..., <its options>)``."""
+    if loss is None:
+        return None
+    methods = sorted(LONG_TAIL_METHODS)
+    if not isinstance(loss, dict) or "method" not in loss:
+        fail("long_tail_loss", loss, f"use None or dict(method=<one of {methods}>, ...)")
+    check_choice("long_tail_loss.method", loss["method"], methods)
+    options = LONG_TAIL_METHODS[loss["method"]]
+    _check_keys("long_tail_loss", loss, ["method", *options])
+    for key in options:
+        if key in loss:
+            _check_number(f"long_tail_loss.{key}", loss[key], 0)
+    if cfg["leap"]["enabled"]:
+        fail("long_tail_loss", loss, "is an alternative to LEAP: set leap.enabled = False or long_tail_loss = None")
+    if cfg["interclass_filtering_threshold"] != 0:
+        fail("interclass_filtering_threshold", cfg["interclass_filtering_threshold"],
+             "is not supported with long_tail_loss: set it to 0")
+    m1, m2, m3 = cfg["margin_list"]
+    if m2 != 0 or (m3 != 0 and loss["method"] != "balanced_softmax"):
+        fail("margin_list", cfg["margin_list"],
+             f"{loss['method']} sets the margins itself: use (1.0, 0.0, 0.0)"
+             + (", or (1.0, 0.0, m_c) for a CosFace margin" if loss["method"] == "balanced_softmax" else ""))
+    return {**options, **loss}

@@ -251,8 +251,7 @@ class LeapPartialFC(nn.Module):
     # ----------------------------------------------------------------- forward
     def _sample(self, labels: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep every class of the batch and random negatives, ``num_sample`` in all,
-        chosen over the global class list; returns this shard's weight rows and the
-        labels re-indexed into them."""
+        chosen over the global class list; returns the kept rows of this shard and the labels."""
         device = self.weight.device
         score = torch.rand(self.num_classes, generator=self._generator("shared", device), device=device)
         positive = torch.unique(labels[labels >= 0])
@@ -262,7 +261,7 @@ class LeapPartialFC(nn.Module):
         index = torch.sort(keep - self.class_start).values
         here = local >= 0
         local = torch.where(here, torch.searchsorted(index, local.clamp_min(0)), local)
-        return self.weight[index], local
+        return index, local
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         local_labels = local_labels.reshape(-1).long()
@@ -288,9 +287,10 @@ class LeapPartialFC(nn.Module):
 
         here = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
         local = torch.where(here, labels - self.class_start, torch.full_like(labels, -1))
-        weight = self.weight
+        rows = None  # this shard's weight rows in the logits (None: all of them)
         if self.training and self.sample_rate < 1:
-            weight, local = self._sample(labels, local)
+            rows, local = self._sample(labels, local)
+        weight = self.weight if rows is None else self.weight[rows]
 
         with torch.autocast(embeddings.device.type, enabled=self.fp16):
             cos = F.linear(F.normalize(embeddings), F.normalize(weight))
@@ -299,6 +299,10 @@ class LeapPartialFC(nn.Module):
             mode_rng = "shared" if self.margin_softmax.alpha_mode == "sample" else "local"
             logits = self.margin_softmax(cos, local, variance=variance,
                                          generator=self._generator(mode_rng, cos.device))
+        elif getattr(self.margin_softmax, "uses_columns", False):
+            # Count-aware margins (LongTailMarginLoss) need each column's global class id.
+            first = torch.arange(self.num_local, device=cos.device) if rows is None else rows
+            logits = self.margin_softmax(cos, local, columns=first + self.class_start)
         else:
             logits = self.margin_softmax(cos, local)
         loss = _ShardedCrossEntropy.apply(logits.float(), local.reshape(-1), labels >= 0)

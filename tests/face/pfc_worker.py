@@ -3,13 +3,16 @@ import os
 
 import torch
 
-from leap_plugin.face import LeapMarginLoss, LeapPartialFC
+from leap_plugin.face import LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
 from leap_plugin.face.partial_fc import shard_range
 
 NUM_CLASSES, DIM, STEPS = 13, 8, 4
 COUNTS = [4, 3, 2, 6, 2, 3, 5, 2, 4, 3, 2, 3, 4]
 SPLIT = [0, 7, 12]  # rank 0 gets 7 rows, rank 1 gets 5: uneven on purpose
-CASES = [(1.0, "sample", True), (0.5, "sample", True), (0.5, "logit", False)]
+CASES = [(1.0, "sample", True), (0.5, "sample", True), (0.5, "logit", False),
+         # peer methods (LongTailMarginLoss, LEAP off): count-aware margins / offsets by global class
+         (1.0, "logit", False, "balanced_softmax"), (0.5, "logit", False, "ldam"),
+         (0.5, "logit", False, "adaptive_arc")]
 
 
 def _data():
@@ -24,13 +27,18 @@ def _data():
     return weight, batches
 
 
-def run_case(rank: int, world: int, sample_rate: float, alpha_mode: str, cloud: bool) -> dict:
+def run_case(rank: int, world: int, sample_rate: float, alpha_mode: str, cloud: bool,
+             peer: str = "") -> dict:
     """Train STEPS steps; return losses, gradients (global layout) and the LEAP state."""
     weight, batches = _data()
     start, num_local = shard_range(NUM_CLASSES, world, rank)
-    margin = LeapMarginLoss(16.0, 1.0, 0.3, 0.0)
-    pfc = LeapPartialFC(margin, DIM, NUM_CLASSES, sample_rate, class_counts=COUNTS, center_lr=0.2,
-                        alpha_mode=alpha_mode, seed=3)
+    if peer:
+        margin = LongTailMarginLoss(16.0, COUNTS, peer, (1.0, 0.0, 0.2 if peer == "balanced_softmax" else 0.0))
+        pfc = LeapPartialFC(margin, DIM, NUM_CLASSES, sample_rate, enabled=False, seed=3)
+    else:
+        margin = LeapMarginLoss(16.0, 1.0, 0.3, 0.0)
+        pfc = LeapPartialFC(margin, DIM, NUM_CLASSES, sample_rate, class_counts=COUNTS, center_lr=0.2,
+                            alpha_mode=alpha_mode, seed=3)
     pfc.weight.data.copy_(weight[start:start + num_local])
     pfc.cloud_active = cloud
     lo, hi = (SPLIT[rank], SPLIT[rank + 1]) if world > 1 else (0, SPLIT[-1])
@@ -45,7 +53,7 @@ def run_case(rank: int, world: int, sample_rate: float, alpha_mode: str, cloud: 
         # DDP would average the backbone gradient over ranks: undo the world-size factor.
         out["emb_grad"].append(local.grad / world)
         out["weight_grad"].append(grad)
-        out["clouded"].append(pfc.summary()["leap/clouded_classes"])
+        out["clouded"].append(pfc.summary().get("leap/clouded_classes", 0.0))
         with torch.no_grad():
             pfc.weight -= 0.5 * pfc.weight.grad
         pfc.weight.grad = None

@@ -65,6 +65,25 @@ def test_trains_verifies_and_turns_the_cloud_on(straight):
     assert state["partial_fc"]["memory.class_counts"].tolist() == [6] * 4 + [2] * 4
 
 
+@pytest.mark.parametrize("method", ["ldam", "balanced_softmax", "adaptive_arc"])
+def test_peer_method_trains_end_to_end(data, tmp_path, method):
+    """A peer long-tail method replaces LEAP by config; its margins come from the kept classes' K_i."""
+    m3 = 0.2 if method == "balanced_softmax" else 0.0
+    config = _config(data, tmp_path, method, margin_list=(1.0, 0.0, m3), leap=dict(enabled=False),
+                     long_tail_loss=dict(method=method), num_epoch=1)
+    assert face_train.main([config]) == 0
+    records = [json.loads(line) for line in open(tmp_path / method / "metrics.jsonl")]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert not any(k.startswith("leap/") for r in records for k in r)
+    state = _checkpoint(tmp_path, method)["partial_fc"]
+    assert state["margin_softmax.class_counts"].tolist() == [6] * 4 + [2] * 4
+    per_class = state["margin_softmax.per_class"]
+    # Rarer classes get the larger margin (LDAM, adaptive ArcFace) or the lower logit offset.
+    assert (per_class[4:] > per_class[:4].max()).all() if method != "balanced_softmax" \
+        else (per_class[4:] < per_class[:4].min()).all()
+
+
 def test_resume_continues_exactly(data, straight, tmp_path, monkeypatch):
     config = _config(data, tmp_path, "split")
     save = face_train.save_checkpoint
