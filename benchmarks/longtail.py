@@ -57,7 +57,7 @@ def methods() -> dict[str, tuple[str, list[str]]]:
 
 
 def run_dir_of(out: str, setting: str, method: str, seed: int) -> str:
-    return os.path.join(out, "runs", setting, method.replace(" ", "_"), f"seed{seed}")
+    return os.path.join(out, "runs", setting, method.replace(" ", "_").replace("/", "_"), f"seed{seed}")
 
 
 def run_one(setting: str, method: str, seed: int, out: str) -> dict:
