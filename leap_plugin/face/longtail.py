@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..core import arcface_logits, cosface_logits
-from ..core.longtail import adaptive_arc_margins, ldam_margins, logit_adjustment
+from ..core.longtail import adaptive_arc_margins, ldam_margins, logit_adjustment, per_sample
 
 __all__ = ["LongTailMarginLoss", "LONG_TAIL_METHODS"]
 
@@ -98,7 +98,7 @@ class LongTailMarginLoss(nn.Module):
         per_class = self.per_class.to(logits.device)[columns]
         if self.method == "balanced_softmax":
             return cosface_logits(logits, labels, self.s, self.m3) + per_class.to(logits.dtype)
-        margins = per_class[labels.clamp_min(0)].unsqueeze(1)  # rows with label -1 have no target
+        margins = per_sample(per_class, labels)  # (N, 1); rows with label -1 have no target
         if self.method == "ldam":
             return cosface_logits(logits, labels, self.s, margins.to(logits.dtype))
         return arcface_logits(logits, labels, self.s, margins)
