@@ -79,6 +79,15 @@ def run_one(setting: str, method: str, seed: int, out: str) -> dict:
     return {"setting": setting, "method": method, "seed": seed, **result}
 
 
+def baseline_of(method: str) -> str | None:
+    """The stock baseline a method is compared with: ArcFace for the angular-margin family
+    (LEAP-AF / LEAP-AV and their variants, the adaptive ArcFace margin), CosFace otherwise."""
+    if method in ("CosFace", "ArcFace"):
+        return None
+    config = methods()[method][0]
+    return "ArcFace" if config.startswith(("arcface", "leap_a")) or method == "adaptive_arc" else "CosFace"
+
+
 def _mean_std(values: list, digits: int = 2) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -95,13 +104,24 @@ def write_table(rows: list[dict], out: str) -> str:
     lines = [f"Machine: {machine_description()}  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
-             "| setting | method | seeds | mAP | Rank-1 | tail/head variance ratio | minutes per run |",
-             "|---|---|---|---|---|---|---|"]
+             "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for LEAP-AF / LEAP-AV / adaptive_arc, "
+             "CosFace otherwise) in the same setting.", "",
+             "| setting | method | seeds | mAP | Δ mAP vs baseline | Rank-1 | tail/head variance ratio "
+             "| minutes per run |",
+             "|---|---|---|---|---|---|---|---|"]
     order = list(methods())
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
     for (setting, method), rs in ordered:
         ratio = [r.get("tail_head_var_ratio") for r in rs]
-        lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | "
+        base = baseline_of(method)
+        if base is None:
+            delta = "—"
+        elif (setting, base) in groups:
+            diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in groups[(setting, base)])
+            delta = f"{diff:+.2f} ({base})"
+        else:
+            delta = f"n/a (no {base} run)"
+        lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
                      f"{_mean_std([r['Rank-1'] for r in rs])} | "
                      f"{_mean_std(ratio, 3)} | "
                      f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")

@@ -1,0 +1,55 @@
+"""``benchmarks/longtail.py``'s results table: each row's mAP gain is taken against its own
+stock baseline in the same setting (ArcFace for the angular-margin family, CosFace otherwise)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def longtail():
+    spec = importlib.util.spec_from_file_location("bench_longtail", os.path.join(ROOT, "benchmarks", "longtail.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(setting, method, seed, mAP):
+    return {"setting": setting, "method": method, "seed": seed, "mAP": mAP, "Rank-1": 50.0,
+            "tail_head_var_ratio": 0.5, "seconds": 60.0}
+
+
+def table_rows(text):
+    return {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| H20_S4") or line.startswith("| natural")}
+
+
+def test_baselines(longtail):
+    assert longtail.baseline_of("CosFace") is None and longtail.baseline_of("ArcFace") is None
+    for method in ("LEAP-AF", "LEAP-AV", "LEAP-AF loo", "adaptive_arc"):
+        assert longtail.baseline_of(method) == "ArcFace"
+    for method in ("LEAP-CF", "LEAP-CV", "LT sampler", "ldam", "ldam_drw", "balanced_softmax", "cb_cosface"):
+        assert longtail.baseline_of(method) == "CosFace"
+
+
+def test_delta_against_own_baseline_and_setting(longtail, tmp_path):
+    rows = [row("H20_S4", "CosFace", 0, 50.0), row("H20_S4", "CosFace", 1, 52.0),
+            row("H20_S4", "ArcFace", 0, 60.0),
+            row("H20_S4", "LEAP-CF", 0, 54.0), row("H20_S4", "LEAP-CF", 1, 55.0),
+            row("H20_S4", "LEAP-AF", 0, 59.0),
+            row("natural", "CosFace", 0, 70.0), row("natural", "LEAP-CF", 0, 69.5),
+            row("natural", "adaptive_arc", 0, 71.0)]
+    text = longtail.write_table(rows, str(tmp_path))
+    table = table_rows(text)
+    assert table[("H20_S4", "CosFace")][4] == "—"
+    assert table[("H20_S4", "LEAP-CF")][3] == "54.50 ± 0.71"
+    assert table[("H20_S4", "LEAP-CF")][4] == "+3.50 (CosFace)"  # 54.5 - mean(50, 52)
+    assert table[("H20_S4", "LEAP-AF")][4] == "-1.00 (ArcFace)"
+    assert table[("natural", "LEAP-CF")][4] == "-0.50 (CosFace)"  # natural's CosFace, not H20_S4's
+    assert table[("natural", "adaptive_arc")][4] == "n/a (no ArcFace run)"
+    with open(tmp_path / "longtail.json") as f:
+        assert json.load(f) == rows
+    assert (tmp_path / "longtail.md").read_text() == text
