@@ -79,13 +79,12 @@ def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str]
     base = ["--config-file", config, "OUTPUT_DIR", output_dir, *overrides]
     final = os.path.join(output_dir, "model_final.pth")
     start = time.time()
-    if os.path.isfile(final) and not os.path.isfile(os.path.join(output_dir, "eval_results.json")):
-        _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log", threads)
-        seconds = None
-    else:
-        if not os.path.isfile(final):  # --resume: an interrupted run continues from its last checkpoint
-            _leap_train(label, output_dir, ["--resume", *base], "train.log", threads)
+    seconds = None  # timed only when this call trains
+    if not os.path.isfile(final):  # --resume: an interrupted run continues from its last checkpoint
+        _leap_train(label, output_dir, ["--resume", *base], "train.log", threads)
         seconds = round(time.time() - start, 1)
+    elif not os.path.isfile(os.path.join(output_dir, "eval_results.json")):
+        _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log", threads)
     result = {"label": label, "config": os.path.relpath(config, ROOT), "overrides": list(overrides),
               "seconds": seconds, **eval_results(output_dir)}
     atomic_write(done, lambda f: f.write(json.dumps(result, indent=1).encode()))

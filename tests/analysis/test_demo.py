@@ -87,3 +87,22 @@ def test_demo_reuses_finished_runs(demo_run, capsys):
     assert demo.main(["--output", out, "--setting", "natural", "--jobs", "1", *opts]) == 0
     assert "finished before" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "cosface", "model_final.pth")) == before
+
+
+def test_train_run_completes_a_run_whose_results_file_is_missing(tmp_path, monkeypatch):
+    """Final checkpoint and evaluation on disk, results.json lost (e.g. the driver was killed):
+    nothing is trained again and no training time is claimed for this call."""
+    calls = []
+    monkeypatch.setattr(demo, "_leap_train", lambda *a, **k: calls.append(a))
+    (tmp_path / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "eval_results.json").write_text(json.dumps({"mAP": 50.0, "Rank-1": 60.0, "Rank-5": 70.0,
+                                                             "Rank-10": 80.0, "metric": 55.0}))
+    result = demo.train_run("t", "cfg.yml", str(tmp_path), [])
+    assert calls == [] and result["seconds"] is None and result["mAP"] == 50.0
+    assert json.loads((tmp_path / "results.json").read_text())["seconds"] is None
+    os.remove(tmp_path / "eval_results.json")  # checkpoint without evaluation: evaluated, not trained
+    os.remove(tmp_path / "results.json")
+    monkeypatch.setattr(demo, "_leap_train", lambda label, out, args, log, threads=None: (
+        calls.append(args), (tmp_path / "eval_results.json").write_text(json.dumps({m: 1.0 for m in demo.METRICS}))))
+    assert demo.train_run("t", "cfg.yml", str(tmp_path), [])["seconds"] is None
+    assert calls[0][0] == "--eval-only"
