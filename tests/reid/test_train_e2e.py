@@ -42,12 +42,16 @@ def trained(market):
 
 def in_process_trainer(market, cfg_path, *opts):
     import fastreid.data.build as data_build
+    from fastreid.utils.env import seed_all_rng
 
     from leap_plugin import LeapTrainer
 
     data_build._root = str(market / "datasets")
     cfg = load_config(cfg_path, list(opts))
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    # Seeded as leap-train seeds a run, so the sampler, the initial weights and the cloud draws
+    # do not depend on what earlier tests left in the global random streams.
+    seed_all_rng(0)
     return LeapTrainer(cfg)
 
 
