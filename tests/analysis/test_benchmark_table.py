@@ -33,6 +33,11 @@ def test_baselines(longtail):
         assert longtail.baseline_of(method) == "ArcFace"
     for method in ("LEAP-CF", "LEAP-CV", "LT sampler", "ldam", "ldam_drw", "balanced_softmax", "cb_cosface"):
         assert longtail.baseline_of(method) == "CosFace"
+    # the schedule / backbone ablations change the baseline too: compared with their own CosFace
+    for suffix in ("32 ep", "R18 scratch"):
+        assert longtail.baseline_of(f"CosFace {suffix}") is None
+        assert longtail.baseline_of(f"LEAP-CF {suffix}") == f"CosFace {suffix}"
+        assert {f"CosFace {suffix}", f"LEAP-CF {suffix}"} <= set(longtail.methods())
 
 
 def test_delta_against_own_baseline_and_setting(longtail, tmp_path):
