@@ -124,8 +124,8 @@ def write_table(rows: list[dict], out: str) -> str:
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
              "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for LEAP-AF / LEAP-AV / adaptive_arc, "
-             "the CosFace run with the same schedule / backbone for the paired ablations `32 ep` and "
-             "`R18 scratch`, CosFace otherwise) in the same setting.", "",
+             "the CosFace run with the same schedule / backbone for the paired ablations "
+             + " and ".join(f"`{s}`" for s in PAIRED_ABLATIONS) + ", CosFace otherwise) in the same setting.", "",
              "| setting | method | seeds | mAP | Δ mAP vs baseline | Rank-1 | tail/head variance ratio "
              "| minutes per run |",
              "|---|---|---|---|---|---|---|---|"]
