@@ -107,13 +107,47 @@ def baseline_of(method: str) -> str | None:
     return "ArcFace" if config.startswith(("arcface", "leap_a")) or method == "adaptive_arc" else "CosFace"
 
 
-def _mean_std(values: list, digits: int = 2) -> str:
+def _mean_std(values: list, digits: int = 2, signed: bool = False) -> str:
     values = [v for v in values if v is not None]
+    sign = "+" if signed else ""
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def paired_deltas(runs: list[dict], baseline_runs: list[dict]) -> list[float]:
+    """mAP of each run minus its baseline's run with the same seed, over the seeds both have."""
+    by_seed = {r["seed"]: r["mAP"] for r in baseline_runs}
+    return [r["mAP"] - by_seed[r["seed"]] for r in sorted(runs, key=lambda r: r["seed"]) if r["seed"] in by_seed]
+
+
+# Pooled over every setting: does a family beat its baseline at all, seed pair by seed pair?
+POOLED_FAMILIES = {
+    "LEAP-CF": ["LEAP-CF"],
+    "LEAP (CF, AF, CV, AV)": ["LEAP-CF", "LEAP-AF", "LEAP-CV", "LEAP-AV"],
+    "ArcFace over CosFace": ["ArcFace"],
+}
+
+
+def pooled_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    lines = []
+    for family, members in POOLED_FAMILIES.items():
+        deltas, settings = [], set()
+        for (setting, method), rs in groups.items():
+            base = "CosFace" if method == "ArcFace" else baseline_of(method)
+            pairs = paired_deltas(rs, groups.get((setting, base), [])) if method in members else []
+            if pairs:
+                deltas += pairs
+                settings.add(setting)
+        if len(deltas) < 2:
+            continue
+        mean, sem = statistics.mean(deltas), statistics.stdev(deltas) / len(deltas) ** 0.5
+        lines.append(f"- {family}: paired Δ mAP {mean:+.2f} ± {sem:.2f} (mean ± standard error over "
+                     f"{len(deltas)} seed pairs in {len(settings)} settings; {sum(d > 0 for d in deltas)} "
+                     f"positive; t = {mean / sem if sem else float('nan'):.1f})")
+    return lines
 
 
 def write_table(rows: list[dict], out: str) -> str:
@@ -126,14 +160,19 @@ def write_table(rows: list[dict], out: str) -> str:
              "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for LEAP-AF / LEAP-AV / adaptive_arc, "
              "the CosFace run with the same schedule / backbone for the paired ablations "
              + " and ".join(f"`{s}`" for s in PAIRED_ABLATIONS) + ", CosFace otherwise) in the same setting.", "",
-             "| setting | method | seeds | mAP | Δ mAP vs baseline | Rank-1 | tail/head variance ratio "
-             "| minutes per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Paired Δ = the same difference taken seed by seed (a run minus its baseline's run with the "
+             "same SEED, which seeds initialisation and batch order; the data split is the same for all "
+             "seeds), mean ± std over the seeds both "
+             "have, with how many of them are positive.", "",
+             "| setting | method | seeds | mAP | Δ mAP vs baseline | paired Δ (seeds > 0) | Rank-1 "
+             "| tail/head variance ratio | minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     order = list(methods())
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
     for (setting, method), rs in ordered:
         ratio = [r.get("tail_head_var_ratio") for r in rs]
         base = baseline_of(method)
+        paired = paired_deltas(rs, groups.get((setting, base), [])) if base else []
         if base is None:
             delta = "—"
         elif (setting, base) in groups:
@@ -141,10 +180,23 @@ def write_table(rows: list[dict], out: str) -> str:
             delta = f"{diff:+.2f} ({base})"
         else:
             delta = f"n/a (no {base} run)"
+        if base is None:
+            paired_text = "—"
+        elif paired:
+            paired_text = f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
+        else:
+            paired_text = "n/a"
         lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
+                     f"{paired_text} | "
                      f"{_mean_std([r['Rank-1'] for r in rs])} | "
                      f"{_mean_std(ratio, 3)} | "
                      f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
+    pooled = pooled_lines(groups)
+    if pooled:
+        lines += ["", "Pooled over the settings (ArcFace against CosFace, LEAP against its own baseline). "
+                  "The pairs of one family are not independent where members share a baseline run "
+                  "(LEAP-CF and LEAP-CV share CosFace's), so its standard error is optimistic:", ""]
+        lines += pooled
     lines += ["", "Each row is reproduced (and resumed: finished runs are reused) by:", ""]
     for (setting, method), rs in ordered:
         seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))

@@ -58,3 +58,22 @@ def test_delta_against_own_baseline_and_setting(longtail, tmp_path):
     with open(tmp_path / "longtail.json") as f:
         assert json.load(f) == rows
     assert (tmp_path / "longtail.md").read_text() == text
+
+
+def test_paired_delta_is_taken_seed_by_seed(longtail, tmp_path):
+    rows = [row("H20_S4", "CosFace", 0, 50.0), row("H20_S4", "CosFace", 1, 60.0), row("H20_S4", "CosFace", 2, 55.0),
+            row("H20_S4", "LEAP-CF", 0, 51.0), row("H20_S4", "LEAP-CF", 1, 61.0),  # seed 2 not run
+            row("H20_S4", "ArcFace", 0, 52.0), row("H20_S4", "ArcFace", 1, 59.0),
+            row("natural", "CosFace", 0, 70.0), row("natural", "LEAP-CF", 0, 69.0)]
+    assert longtail.paired_deltas(rows[3:5], rows[:3]) == [1.0, 1.0]
+    text = longtail.write_table(rows, str(tmp_path))
+    table = table_rows(text)
+    # unpaired: 56.0 - 55.0; paired: +1 on both seeds LEAP-CF has, whatever CosFace did on seed 2
+    assert table[("H20_S4", "LEAP-CF")][4] == "+1.00 (CosFace)"
+    assert table[("H20_S4", "LEAP-CF")][5] == "+1.00 ± 0.00 (2/2)"
+    assert table[("H20_S4", "CosFace")][5] == "—"
+    assert table[("natural", "LEAP-CF")][5] == "-1.00 (0/1)"
+    # pooled over settings: LEAP-CF +1, +1, -1; ArcFace over CosFace +2, -1
+    pooled = {line.split(":")[0][2:]: line for line in text.splitlines() if line.startswith("- ")}
+    assert "paired Δ mAP +0.33 ± 0.67" in pooled["LEAP-CF"] and "3 seed pairs in 2 settings; 2 positive" in pooled["LEAP-CF"]
+    assert "paired Δ mAP +0.50 ± 1.50" in pooled["ArcFace over CosFace"]
