@@ -172,20 +172,17 @@ def write_table(rows: list[dict], out: str) -> str:
     for (setting, method), rs in ordered:
         ratio = [r.get("tail_head_var_ratio") for r in rs]
         base = baseline_of(method)
-        paired = paired_deltas(rs, groups.get((setting, base), [])) if base else []
         if base is None:
-            delta = "—"
+            delta = paired_text = "—"
         elif (setting, base) in groups:
-            diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in groups[(setting, base)])
+            base_runs = groups[(setting, base)]
+            diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in base_runs)
             delta = f"{diff:+.2f} ({base})"
+            paired = paired_deltas(rs, base_runs)
+            paired_text = (f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
+                           if paired else "n/a")
         else:
-            delta = f"n/a (no {base} run)"
-        if base is None:
-            paired_text = "—"
-        elif paired:
-            paired_text = f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
-        else:
-            paired_text = "n/a"
+            delta, paired_text = f"n/a (no {base} run)", "n/a"
         lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
                      f"{paired_text} | "
                      f"{_mean_std([r['Rank-1'] for r in rs])} | "
