@@ -104,9 +104,9 @@ def plot_angle_distributions(stats: AngleStatistics, tail_threshold: int, path: 
         ax.scatter(k, stats.per_class[key][present].numpy(), s=14, marker=marker, alpha=0.6, label=label)
     ax.axvline(tail_threshold + 0.5, color="grey", ls="--", lw=1, label=f"T = {tail_threshold}")
     ax.set_xscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 10 rather than 2x10^0
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 10 rather than 10^1
+    # minor ticks labelled at 2-5 x 10^n only: all eight crowd into each other above 50
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "2345" else ""))
     ax.set_title("(c) per-class mean angle vs samples per class")
     ax.set_xlabel("K_i (training samples of the class)")
     ax.set_ylabel("mean angle (rad)")
