@@ -18,18 +18,19 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from leap_plugin.cli.demo import CONFIGS, SETTINGS, machine_description, train_run  # noqa: E402
+from leap_plugin.core import DEFAULTS  # noqa: E402
 from leap_plugin.io import atomic_write  # noqa: E402
+from leap_plugin.runs import SETTINGS, SPRITE_CONFIGS, code_commit, machine_id, train_run  # noqa: E402
 
 # DRW switches re-weighting on at 80% of training, as LDAM-DRW (160 of 200 epochs).
 _DRW_EPOCH = ["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "13"]
-
 
 # Schedule and backbone ablations (issue 3). START_EPOCH stays 5 in the longer schedule: the
 # angle memory needs the same warm-up whatever the length. ResNet-18 is trained from scratch
@@ -39,6 +40,26 @@ PAIRED_ABLATIONS = {
     "R18 scratch": ["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "18x",
                     "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.BACKBONE.LAST_STRIDE", "1",
                     "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.BACKBONE.PRETRAIN_PATH", ""],
+}
+#: The CLOUD_SCALE sweep of issue 16; the shipped scale is the method without a suffix.
+SWEEP_SCALES = (1.0, 2.0, 3.0, 5.0)
+_LDAM = ["MODEL.META_ARCHITECTURE", "LongTailBaseline", "MODEL.HEADS.CLS_LAYER", "LDAMSoftmax"]
+
+#: The campaigns of issue 16, each a set of runs for ``--plan``: the CLOUD_SCALE sweep, the
+#: controls and peers on <H20, S4> (5 seeds), and the other settings (3 seeds).
+MAIN_METHODS = ["CosFace", "ArcFace", "LEAP-CF", "LEAP-AF", "LEAP-CV", "LEAP-AV", "LEAP-CF uniform",
+                "LEAP-CF printed", "ldam", "LEAP-CF + LDAM"]
+
+
+def _scale_name(family: str, scale: float) -> str:
+    return family if scale == DEFAULTS.cloud_scale else f"{family} scale {scale:g}"
+
+
+PLANS = {
+    "sweep": (["H20_S4"], [0, 1, 2, 3, 4],
+              ["CosFace", "ArcFace"] + [_scale_name(f, s) for f in ("LEAP-CF", "LEAP-AF") for s in SWEEP_SCALES]),
+    "s4": (["H20_S4"], [0, 1, 2, 3, 4], MAIN_METHODS),
+    "grid": (["natural", "H20_S5", "H20_S3"], [0, 1, 2], MAIN_METHODS),
 }
 
 
@@ -53,6 +74,11 @@ def methods() -> dict[str, tuple[str, list[str]]]:
         "LEAP-AF": ("leap_af_mnv2.yml", []),
         "LEAP-CV": ("leap_cv_mnv2.yml", []),
         "LEAP-AV": ("leap_av_mnv2.yml", []),
+        # issue 16: LEAP or just noise? Eq. 4 as printed? LEAP with LDAM's margins?
+        "LEAP-CF uniform": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.CLOUD", "uniform"]),
+        "LEAP-CF printed": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.CENTER_UPDATE", "printed"]),
+        "LEAP-CF + LDAM": ("leap_cf_mnv2.yml", ["MODEL.META_ARCHITECTURE", "LongTailBaseline",
+                                                "MODEL.HEADS.CLS_LAYER", "LeapLDAMSoftmax"]),
         "LEAP-CF loo": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
         "LEAP-AF loo": ("leap_af_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
         "LT sampler": ("longtail_sampler_mnv2.yml", []),
@@ -61,6 +87,10 @@ def methods() -> dict[str, tuple[str, list[str]]]:
         "LEAP-CF start 2": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.START_EPOCH", "2"]),
         "LEAP-CF P=3": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.MEMORY_FACTOR", "3"]),
     }
+    for family, config in (("LEAP-CF", "leap_cf_mnv2.yml"), ("LEAP-AF", "leap_af_mnv2.yml")):
+        for scale in SWEEP_SCALES:
+            if scale != DEFAULTS.cloud_scale:
+                table[_scale_name(family, scale)] = (config, ["MODEL.HEADS.LEAP.CLOUD_SCALE", f"{scale:g}"])
     # ablations that change the baseline as well: a CosFace / LEAP-CF pair each
     for suffix, overrides in PAIRED_ABLATIONS.items():
         table[f"CosFace {suffix}"] = ("cosface_mnv2.yml", list(overrides))
@@ -71,20 +101,22 @@ def methods() -> dict[str, tuple[str, list[str]]]:
     return table
 
 
-def run_dir_of(out: str, setting: str, method: str, seed: int) -> str:
-    return os.path.join(out, "runs", setting, method.replace(" ", "_").replace("/", "_"), f"seed{seed}")
+def run_dir_of(out: str, commit: str, setting: str, method: str, seed: int) -> str:
+    """Runs are kept per commit: a finished run is reused only by the code that trained it."""
+    name = method.replace(" ", "_").replace("/", "_").replace("+", "plus")
+    return os.path.join(out, "runs", commit[:12], setting, name, f"seed{seed}")
 
 
-def run_one(setting: str, method: str, seed: int, out: str) -> dict:
+def run_one(setting: str, method: str, seed: int, out: str, threads: int | None = None) -> dict:
     config, overrides = methods()[method]
-    run_dir = run_dir_of(out, setting, method, seed)
+    run_dir = run_dir_of(out, code_commit(), setting, method, seed)
     opts = SETTINGS[setting] + overrides + ["SEED", str(seed)]
-    result = train_run(f"{setting} {method} s{seed}", os.path.join(CONFIGS, config), run_dir, opts)
+    result = train_run(f"{setting} {method} s{seed}", os.path.join(SPRITE_CONFIGS, config), run_dir, opts, threads)
     if "tail_head_var_ratio" not in result:
         from leap_plugin.cli.analyze import analyze
-        from leap_plugin.cli.train import load_config
+        from leap_plugin.reid.config import load_config
 
-        cfg = load_config(os.path.join(CONFIGS, config), ["OUTPUT_DIR", run_dir, *opts])
+        cfg = load_config(os.path.join(SPRITE_CONFIGS, config), ["OUTPUT_DIR", run_dir, *opts])
         summary = analyze(cfg, os.path.join(run_dir, "model_final.pth"), os.path.join(run_dir, "analysis"),
                           tail_threshold=10, max_classes_tsne=0)["summary"]
         ratios = summary["tail_head_ratio"]
@@ -105,6 +137,13 @@ def baseline_of(method: str) -> str | None:
             return None if method.startswith("CosFace") else f"CosFace {suffix}"
     config = methods()[method][0]
     return "ArcFace" if config.startswith(("arcface", "leap_a")) or method == "adaptive_arc" else "CosFace"
+
+
+def campaign_of(row: dict) -> str:
+    """The machine and commit a run ran on: runs are only ever compared within one."""
+    if "machine" not in row:
+        return "machine and commit not recorded (runs before issue 16)"
+    return f"{machine_id(row['machine'])} @ {row['commit'][:12]}"
 
 
 def _mean_std(values: list, digits: int = 2, signed: bool = False) -> str:
@@ -150,28 +189,38 @@ def pooled_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def write_table(rows: list[dict], out: str) -> str:
+def write_table(rows: list[dict], out: str, campaign: str | None = None) -> str:
+    """Write ``longtail.json`` (every row) and ``longtail.md``: the table of one campaign
+    (one machine and commit; default: the campaign of the last row), whose runs alone are
+    compared and paired. Returns the Markdown."""
+    if campaign is None:
+        campaign = campaign_of(rows[-1]) if rows else "none"
+    others: dict[str, int] = {}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["setting"], r["method"]), []).append(r)
-    lines = [f"Machine: {machine_description()}  ",
+        if campaign_of(r) == campaign:
+            groups.setdefault((r["setting"], r["method"]), []).append(r)
+        else:
+            others[campaign_of(r)] = others.get(campaign_of(r), 0) + 1
+    lines = [f"Machine and commit of every run below: {campaign}  ",
+             f"Shipped CLOUD_SCALE: {DEFAULTS.cloud_scale:g} (methods without a `scale` suffix).  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
-             "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for LEAP-AF / LEAP-AV / adaptive_arc, "
-             "the CosFace run with the same schedule / backbone for the paired ablations "
+             "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for the LEAP-AF / LEAP-AV family and "
+             "adaptive_arc, the CosFace run with the same schedule / backbone for the paired ablations "
              + " and ".join(f"`{s}`" for s in PAIRED_ABLATIONS) + ", CosFace otherwise) in the same setting.", "",
              "Paired Δ = the same difference taken seed by seed (a run minus its baseline's run with the "
-             "same SEED, which seeds initialisation and batch order; the data split is the same for all "
-             "seeds), mean ± std over the seeds both "
-             "have, with how many of them are positive.", "",
+             "same SEED, on the same machine and commit; SEED seeds initialisation and batch order, the "
+             "data split is the same for all seeds), mean ± std over the seeds both have, with how many "
+             "of them are positive.", "",
              "| setting | method | seeds | mAP | Δ mAP vs baseline | paired Δ (seeds > 0) | Rank-1 "
              "| tail/head variance ratio | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = list(methods())
-    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))
     for (setting, method), rs in ordered:
         ratio = [r.get("tail_head_var_ratio") for r in rs]
-        base = baseline_of(method)
+        base = baseline_of(method) if method in order else None
         if base is None:
             delta = paired_text = "—"
         elif (setting, base) in groups:
@@ -194,7 +243,11 @@ def write_table(rows: list[dict], out: str) -> str:
                   "The pairs of one family are not independent where members share a baseline run "
                   "(LEAP-CF and LEAP-CV share CosFace's), so its standard error is optimistic:", ""]
         lines += pooled
-    lines += ["", "Each row is reproduced (and resumed: finished runs are reused) by:", ""]
+    if others:
+        lines += ["", "Other runs kept in `longtail.json`, from other machines or commits (never compared "
+                  "or paired with the table above):", ""]
+        lines += [f"- {name}: {count} runs" for name, count in others.items()]
+    lines += ["", "Each row is reproduced (and resumed: finished runs of the same commit are reused) by:", ""]
     for (setting, method), rs in ordered:
         seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         lines.append(f"    python benchmarks/longtail.py --settings {setting} --methods '{method}' --seeds {seeds}")
@@ -204,11 +257,17 @@ def write_table(rows: list[dict], out: str) -> str:
     return text
 
 
+def _key(row: dict) -> tuple:
+    return row["setting"], row["method"], row["seed"], campaign_of(row)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--plan", choices=sorted(PLANS),
+                        help="a campaign of issue 16 (settings, seeds, methods); the other options add to it")
+    parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: all")
     parser.add_argument("--methods", nargs="+", default=None, help="default: all")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with one thread when > 1)")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     parser.add_argument("--report-only", action="store_true",
@@ -216,25 +275,36 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import leap_plugin  # noqa: F401
 
+    plan_settings, plan_seeds, plan_methods = PLANS[args.plan] if args.plan else (None, None, None)
+    settings = args.settings or plan_settings or list(SETTINGS)
+    seeds = args.seeds or plan_seeds or [0, 1, 2]
     known = methods()
-    chosen = args.methods or list(known)
+    chosen = args.methods or plan_methods or list(known)
     unknown = [m for m in chosen if m not in known]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {list(known)}")
-    if args.jobs > 1:
-        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
-    jobs = [(s, m, seed) for s in args.settings for seed in args.seeds for m in chosen]
+    threads = 1 if args.jobs > 1 else None
+    commit = code_commit()
+    jobs = [(s, m, seed) for s in settings for seed in seeds for m in chosen]
     if args.report_only:
-        jobs = [j for j in jobs if os.path.isfile(os.path.join(run_dir_of(args.output, *j), "results.json"))]
-    start = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda j: run_one(*j, args.output), jobs))
-    previous = []
+        jobs = [j for j in jobs if os.path.isfile(os.path.join(run_dir_of(args.output, commit, *j), "results.json"))]
     path = os.path.join(args.output, "longtail.json")
+    rows: list[dict] = []
     if os.path.isfile(path):
         with open(path) as f:
-            previous = [r for r in json.load(f) if (r["setting"], r["method"], r["seed"]) not in set(jobs)]
-    print(write_table(previous + rows, args.output))
+            rows = json.load(f)
+    lock = threading.Lock()
+
+    def run(job: tuple) -> None:
+        row = run_one(*job, args.output, threads)
+        with lock:  # the table follows the campaign run by run
+            rows[:] = [r for r in rows if _key(r) != _key(row)] + [row]
+            write_table(rows, args.output, campaign_of(row))
+
+    start = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(run, jobs))
+    print(write_table(rows, args.output))
     print(f"{len(jobs)} runs in {(time.time() - start) / 60:.1f} min", flush=True)
     return 0
 

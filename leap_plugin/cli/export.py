@@ -143,7 +143,7 @@ def export_reid(config_file: str, weights: Optional[str], path: str, opts: Seque
     from fastreid.modeling import build_model
     from fastreid.utils.checkpoint import Checkpointer
 
-    from .train import load_config
+    from ..reid.config import load_config
 
     cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)

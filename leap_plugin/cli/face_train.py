@@ -133,14 +133,14 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0,
     backbone = build_backbone(cfg.network, cfg.embedding_size, cfg.dropout).to(device)
     model = DistributedDataParallel(backbone) if world > 1 else backbone
     leap = dict(cfg.leap)
-    alpha_mode = leap.pop("alpha_mode")
+    alpha_mode, exact_grad = leap.pop("alpha_mode"), leap.pop("exact_grad")
     counts = dataset.class_counts()
     if cfg.long_tail_loss:  # a peer long-tail method instead of LEAP (validated: leap disabled)
         options = dict(cfg.long_tail_loss)
         margin = LongTailMarginLoss(cfg.scale, counts, options.pop("method"), cfg.margin_list, **options)
     else:
         margin = LeapMarginLoss(cfg.scale, *cfg.margin_list, cfg.interclass_filtering_threshold,
-                                alpha_mode=alpha_mode)
+                                alpha_mode=alpha_mode, exact_grad=exact_grad)
     pfc = LeapPartialFC(margin, cfg.embedding_size, num_classes, cfg.sample_rate, cfg.fp16,
                         class_counts=counts, seed=cfg.seed, **leap).to(device)
     params = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]

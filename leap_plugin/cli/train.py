@@ -14,7 +14,6 @@ import warnings
 from typing import Optional, Sequence
 
 import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
-from fastreid.config import get_cfg
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils import comm
@@ -22,38 +21,13 @@ from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.env import seed_all_rng
 
 from ..io import atomic_write
-from ..reid.config import ConfigError, resolve_device, validate_config
+from ..reid.config import ConfigError, load_config
 from ..reid.datasets import dataset_kwargs
-from ..reid.pretrained import resolve_pretrained
 from ..reid.trainer import LeapTrainer, _datasets_root
 
-__all__ = ["load_config", "setup", "main", "cli"]
+__all__ = ["setup", "main", "cli"]
 
 logger = logging.getLogger("leap_plugin")
-
-
-def load_config(config_file: str, opts: Sequence[str] = ()):
-    """Defaults + LEAP keys, then the file, then ``KEY VALUE`` overrides; validated.
-
-    Raises:
-        ConfigError: naming the file, key or value at fault.
-    """
-    cfg = get_cfg()
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"--config-file {config_file!r} does not exist")
-        try:
-            cfg.merge_from_file(config_file)
-        except (KeyError, ValueError, AssertionError) as e:
-            raise ConfigError(f"{config_file}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts or []))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"command-line override: {e}") from e
-    resolve_device(cfg)
-    validate_config(cfg)
-    resolve_pretrained(cfg)
-    return cfg
 
 
 def check_data(cfg) -> None:

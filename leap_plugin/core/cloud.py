@@ -12,15 +12,14 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["ALPHA_MODES", "sample_alpha", "cosface_logits", "arcface_logits", "COS_EPS"]
+from .settings import ALPHA_MODES
 
-#: ``"logit"``: one draw per logit (the paper's alpha in R^{1xC});
-#: ``"sample"``: one draw per sample, shared by all its logits.
-ALPHA_MODES = ("logit", "sample")
+__all__ = ["ALPHA_MODES", "COS_EPS", "sample_alpha", "perturbed_cos", "cosface_logits", "arcface_logits",
+           "clouded_logits", "check_labels"]
 
-#: Cosines are clamped to [-1 + COS_EPS, 1 - COS_EPS] before arccos, so that the
-#: arccos gradient -1/sqrt(1 - x^2) stays finite. The trigonometry runs in float32
-#: even for half-precision inputs, where 1 - 1e-6 would round to 1.
+#: Cosines are clamped to [-1 + COS_EPS, 1 - COS_EPS] before the angle is taken, so that
+#: the gradient -1/sqrt(1 - x^2) stays finite. The trigonometry runs in float32 even for
+#: half-precision inputs, where 1 - 1e-6 would round to 1.
 COS_EPS = 1e-6
 
 
@@ -52,13 +51,44 @@ def sample_alpha(
     return noise * std
 
 
-def _angles(cos: torch.Tensor) -> torch.Tensor:
-    return torch.acos(cos.float().clamp(-1.0 + COS_EPS, 1.0 - COS_EPS))
+def perturbed_cos(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``cos(clip(theta + alpha))`` with ``theta = arccos(cos)``, ``clip`` = clamp to [0, pi]
+    (the angle arithmetic of Eq. 7-8), in float32, without an arccos.
+
+    ``cos(theta + alpha) = cos_theta cos_alpha - sin_theta sin_alpha`` with
+    ``sin_theta = sqrt(1 - cos^2) >= 0`` (theta lies in [0, pi]). The clip is exact: for
+    ``alpha < 0``, ``theta + alpha < 0`` iff ``theta < -alpha``, i.e. ``cos > cos(alpha)``
+    (or ``alpha <= -pi``), and the result is 1; for ``alpha > 0``, ``theta + alpha > pi`` iff
+    ``cos < -cos(alpha)`` (or ``alpha >= pi``), and the result is -1. Values and gradients
+    equal ``torch.cos((acos(cos) + alpha).clamp(0, pi))`` (cosines clamped by COS_EPS first).
+
+    Args:
+        cos: (N, C) cosines. alpha: angles in radians, broadcastable to (N, C).
+    """
+    alpha = torch.as_tensor(alpha, dtype=torch.float32, device=cos.device)
+    c = cos.float().clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
+    sin_theta = (1.0 - c * c).sqrt()
+    cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
+    out = c * cos_a - sin_theta * sin_a
+    below_zero = (alpha < 0) & ((alpha <= -math.pi) | (c > cos_a))
+    above_pi = (alpha > 0) & ((alpha >= math.pi) | (c < -cos_a))
+    return torch.where(below_zero, 1.0, torch.where(above_pi, -1.0, out))
+
+
+def check_labels(labels: torch.Tensor, num_columns: int) -> torch.Tensor:
+    """``labels`` as a 1-d tensor; raises ``ValueError`` unless every one is a column in
+    ``[0, num_columns)`` or -1 (a class not among these columns), instead of letting a
+    negative label index the last columns from the end."""
+    labels = labels.reshape(-1)
+    if labels.numel() and bool(((labels < -1) | (labels >= num_columns)).any()):
+        raise ValueError(f"labels must be class ids in [0, {num_columns}) or -1 (not among these columns), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    return labels
 
 
 def _target_mask(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Boolean one-hot of each row's target column; all False where the label is -1."""
-    labels = labels.reshape(-1)
+    labels = check_labels(labels, cos.shape[1])
     one_hot = torch.zeros_like(cos, dtype=torch.bool)
     idx = (labels != -1).nonzero(as_tuple=True)[0]
     one_hot[idx, labels[idx]] = True
@@ -86,7 +116,7 @@ def cosface_logits(
         alpha: None, or (N, C) / (N, 1) angles in radians from :func:`sample_alpha`.
     """
     if alpha is not None:
-        cos = torch.cos((_angles(cos) + alpha).clamp(0.0, math.pi)).to(cos.dtype)
+        cos = perturbed_cos(cos, alpha).to(cos.dtype)
     one_hot = _target_mask(cos, labels)
     return scale * (cos - margin * one_hot.to(cos.dtype))
 
@@ -110,13 +140,48 @@ def arcface_logits(
             margins in radians.
         alpha: None, or (N, C) / (N, 1) angles in radians.
     """
-    one_hot = _target_mask(cos, labels)
-    theta = _angles(cos)
     if alpha is not None:
-        theta = theta + alpha
-    theta = theta + margin * one_hot.to(theta.dtype)
-    perturbed = torch.cos(theta.clamp(0.0, math.pi)).to(cos.dtype)
-    if alpha is None:
-        # Non-target logits keep the exact input cosine (no arccos round trip).
-        perturbed = torch.where(one_hot, perturbed, cos)
-    return scale * perturbed
+        shift = margin * _target_mask(cos, labels).to(torch.float32)
+        return scale * perturbed_cos(cos, alpha + shift).to(cos.dtype)
+    # Only the target column moves; the others keep the exact input cosine.
+    labels = check_labels(labels, cos.shape[1])
+    rows = (labels != -1).nonzero(as_tuple=True)[0]
+    cols = labels[rows]
+    row_margin = margin[rows, 0] if isinstance(margin, torch.Tensor) and margin.dim() else margin
+    target = perturbed_cos(cos[rows, cols], row_margin).to(cos.dtype)
+    return scale * cos.index_put((rows, cols), target)
+
+
+def clouded_logits(
+    logits_fn,
+    cos: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    margin: Union[float, torch.Tensor],
+    variance: Optional[torch.Tensor],
+    alpha_mode: str = "logit",
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """:func:`cosface_logits` / :func:`arcface_logits` (``logits_fn``) with a feature cloud
+    of per-sample variance ``variance`` (Eq. 7-8): alpha is drawn (:func:`sample_alpha`)
+    and applied only for rows whose variance is > 0; the other rows get the plain margin
+    logits, exactly. ``variance=None`` or all zero: no cloud.
+
+    Args:
+        margin: a float, or an (N, 1) tensor of per-sample margins.
+        variance: None or (N,) cloud variance per sample in rad^2.
+    """
+    labels = labels.reshape(-1)
+    if variance is None:
+        return logits_fn(cos, labels, scale, margin)
+    clouded = variance.reshape(-1) > 0
+    if not bool(clouded.any()):
+        return logits_fn(cos, labels, scale, margin)
+    if bool(clouded.all()):
+        alpha = sample_alpha(variance.reshape(-1), cos.shape[1], alpha_mode, generator)
+        return logits_fn(cos, labels, scale, margin, alpha)
+    rows = clouded.nonzero(as_tuple=True)[0]
+    alpha = sample_alpha(variance.reshape(-1)[rows], cos.shape[1], alpha_mode, generator)
+    row_margin = margin[rows] if isinstance(margin, torch.Tensor) and margin.dim() else margin
+    out = logits_fn(cos, labels, scale, margin)
+    return out.index_put((rows,), logits_fn(cos[rows], labels[rows], scale, row_margin, alpha))

@@ -22,6 +22,8 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ..validation import require_counts
+
 __all__ = [
     "Counts", "ldam_margins", "logit_adjustment", "adaptive_arc_margins", "effective_number_weights",
     "per_sample", "weighted_cross_entropy",
@@ -33,12 +35,7 @@ Counts = Union[Sequence[int], torch.Tensor]
 
 def _counts(counts: Counts) -> torch.Tensor:
     """K_i as float64 (beta^K_i and K_i^(-1/4) lose digits in float32); every K_i >= 1."""
-    k = torch.as_tensor(counts).double()
-    if k.dim() != 1 or k.numel() == 0:
-        raise ValueError(f"class counts must be a non-empty 1-d sequence, got shape {tuple(k.shape)}")
-    if bool((k < 1).any()):
-        raise ValueError("every class needs at least one training sample (K_i >= 1)")
-    return k
+    return require_counts(counts).double()
 
 
 def ldam_margins(counts: Counts, max_m: float = 0.5) -> torch.Tensor:

@@ -13,16 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cloud import COS_EPS
+from ..validation import require_counts
+from .cloud import COS_EPS, check_labels
 from .distributed import all_gather_rows
-from .variance import VERSIONS, cloud_variance
+from .settings import DEFAULTS, check_setting
+from .variance import cloud_variance
 
-__all__ = ["STATISTICS", "LeapMemory", "group_ranks"]
-
-#: ``"paper"``: angle of each sample to the updated center (Eq. 3).
-#: ``"loo"``: bias-aware: angle to the updated center with the sample's own contribution
-#: removed, corrected for the finite number of samples behind that center (see :meth:`LeapMemory.update`).
-STATISTICS = ("paper", "loo")
+__all__ = ["LeapMemory", "group_ranks"]
 
 
 def group_ranks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,11 +44,17 @@ class LeapMemory(nn.Module):
         class_counts: K_i, the number of training samples of each class; sets the
             memory capacity ``S_i = K_i * memory_factor`` (Eq. 5). May be set later with
             :meth:`set_class_counts` (the memory is empty until then).
-        center_lr: gamma of Eq. 4, in [0, 1]: the weight of the previous center.
+        center_lr: gamma of Eq. 4, in [0, 1] (:data:`~leap_plugin.core.settings.CENTER_UPDATES`
+            says which of the two centers it weighs).
+        center_update: ``"ema"`` (moving average) or ``"printed"`` (Eq. 4 as printed).
         memory_factor: P of Eq. 5, a positive integer.
         version: ``"full"`` (Eq. 9) or ``"vanilla"`` (Eq. 6).
         tail_threshold: T, the vanilla version's head/tail threshold on K_i.
-        statistic: ``"paper"`` or ``"loo"`` (see :data:`STATISTICS`).
+        statistic: ``"paper"`` or ``"loo"`` (:data:`~leap_plugin.core.settings.ANGLE_STATISTICS`).
+        cloud_scale: multiplies the std of alpha (1 = the paper).
+        cloud: ``"class"`` (the paper) or ``"uniform"`` (the control).
+
+    Defaults: :data:`leap_plugin.core.settings.DEFAULTS`.
     """
 
     def __init__(
@@ -59,27 +62,27 @@ class LeapMemory(nn.Module):
         num_classes: int,
         feat_dim: int,
         class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
-        center_lr: float = 0.1,
-        memory_factor: int = 1,
-        version: str = "full",
-        tail_threshold: int = 20,
-        statistic: str = "paper",
+        center_lr: float = DEFAULTS.center_lr,
+        memory_factor: int = DEFAULTS.memory_factor,
+        version: str = DEFAULTS.version,
+        tail_threshold: int = DEFAULTS.tail_threshold,
+        statistic: str = DEFAULTS.statistic,
+        center_update: str = DEFAULTS.center_update,
+        cloud_scale: float = DEFAULTS.cloud_scale,
+        cloud: str = DEFAULTS.cloud,
     ):
         super().__init__()
-        if not 0.0 <= center_lr <= 1.0:
-            raise ValueError(f"center_lr (gamma) must be in [0, 1], got {center_lr}")
-        if int(memory_factor) != memory_factor or memory_factor < 1:
-            raise ValueError(f"memory_factor (P) must be a positive integer, got {memory_factor}")
-        if version not in VERSIONS:
-            raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-        if statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         self.num_classes = num_classes
-        self.center_lr = float(center_lr)
-        self.memory_factor = int(memory_factor)
-        self.version = version
-        self.tail_threshold = int(tail_threshold)
-        self.statistic = statistic
+        self.center_lr = check_setting("center_lr", center_lr)
+        self.memory_factor = check_setting("memory_factor", memory_factor)
+        self.version = check_setting("version", version)
+        self.tail_threshold = check_setting("tail_threshold", tail_threshold)
+        self.statistic = check_setting("statistic", statistic)
+        self.center_update = check_setting("center_update", center_update)
+        self.cloud_scale = check_setting("cloud_scale", cloud_scale)
+        self.cloud = check_setting("cloud", cloud)
+        #: feature rows left out of the updates because they were not finite (NaN / inf)
+        self.dropped_rows = 0
 
         self.register_buffer("centers", torch.zeros(num_classes, feat_dim))
         self.register_buffer("center_seen", torch.zeros(num_classes, dtype=torch.bool))
@@ -98,8 +101,8 @@ class LeapMemory(nn.Module):
     def _allocate(self, counts: torch.Tensor) -> None:
         if counts.shape != (self.num_classes,):
             raise ValueError(f"class_counts must have {self.num_classes} entries, got {tuple(counts.shape)}")
-        if (counts < 1).any():
-            raise ValueError("every class needs at least one training sample (K_i >= 1)")
+        if counts.numel():  # a model built for evaluation only may have no classes
+            counts = require_counts(counts, "class_counts")
         device = self.centers.device
         counts = counts.to(device)
         capacity = counts * self.memory_factor
@@ -148,19 +151,25 @@ class LeapMemory(nn.Module):
 
         Features are detached and L2-normalised; under torch.distributed the global batch
         is all-gathered first. Per class present in the batch, ``m_i`` is the mean of its
-        normalised features and ``c_i <- (1 - gamma) m_i + gamma c_i`` (``c_i <- m_i`` the
-        first time). Then ``beta = arccos(cos(f_n, c_{y_n}))`` (Eq. 3) of each sample is
-        written to its class's ring buffer of capacity ``K_i * P``.
+        normalised features and ``c_i <- (1 - gamma) c_i + gamma m_i`` (``center_update="ema"``)
+        or ``c_i <- (1 - gamma) m_i + gamma c_i`` (``"printed"``); ``c_i <- m_i`` the first
+        time. Then ``beta = arccos(cos(f_n, c_{y_n}))`` (Eq. 3) of each sample is written to
+        its class's ring buffer of capacity ``K_i * P``. Rows of label -1 and rows that are
+        not finite are left out (:attr:`dropped_rows` counts the latter).
 
         Returns:
-            the angles written, in radians, in the order of the gathered batch
+            the angles of the rows kept, in radians, in the order of the gathered batch
             (NaN where the ``loo`` statistic has no center to measure against).
         """
-        feats = F.normalize(features.detach().float(), dim=1)
-        labels = labels.detach().reshape(-1).long()
+        labels = check_labels(labels.detach(), self.num_classes).long()
+        feats = features.detach().float()
         feats, labels = all_gather_rows(feats, labels)
-        keep = labels >= 0
-        feats, labels = feats[keep], labels[keep]
+        finite = torch.isfinite(feats).all(dim=1)
+        keep = (labels >= 0) & finite
+        dropped = int((~finite).sum())
+        if dropped:
+            self.dropped_rows += dropped
+        feats, labels = F.normalize(feats[keep], dim=1), labels[keep]
         if labels.numel() == 0:
             return feats.new_zeros(0)
 
@@ -172,13 +181,15 @@ class LeapMemory(nn.Module):
         mean = mean / n.unsqueeze(1)
         seen = self.center_seen[classes]
         gamma = self.center_lr
-        self.centers[classes] = torch.where(seen.unsqueeze(1), (1 - gamma) * mean + gamma * self.centers[classes],
+        # The weight of the batch mean and of the previous center in the new center.
+        w_new, w_old = (gamma, 1 - gamma) if self.center_update == "ema" else (1 - gamma, gamma)
+        self.centers[classes] = torch.where(seen.unsqueeze(1), w_new * mean + w_old * self.centers[classes],
                                             mean)
-        # Each center is a weighted mean of past features: after Eq. 4 a batch feature
-        # weighs a = (1 - gamma) / n_i (1 / n_i for a new class), older ones gamma times
-        # their previous weight; S = sum of squared weights, kept per class.
+        # Each center is a weighted mean of past features: a batch feature weighs
+        # a = w_new / n_i (1 / n_i for a new class), older ones w_old times their previous
+        # weight; S = sum of squared weights, kept per class.
         self.center_weight_sq[classes] = torch.where(
-            seen, (1 - gamma) ** 2 / n + gamma ** 2 * self.center_weight_sq[classes], 1.0 / n)
+            seen, w_new ** 2 / n + w_old ** 2 * self.center_weight_sq[classes], 1.0 / n)
         self.center_seen[classes] = True
 
         center = self.centers[labels]
@@ -188,7 +199,7 @@ class LeapMemory(nn.Module):
             # with squared-weight sum S_-n = (S - a_n^2) / (1 - a_n)^2, so it sits off the
             # true center by sqrt(S_-n) of the spread and E[angle^2] grows by (1 + S_-n):
             # divide it out (issue 6: the paper's statistic instead shrinks with few samples).
-            a = (torch.where(seen, 1 - gamma, 1.0) / n)[inverse]
+            a = (torch.where(seen, w_new, 1.0) / n)[inverse]
             center = center - a.unsqueeze(1) * feats
             s_rest = (self.center_weight_sq[labels] - a ** 2) / (1 - a).clamp_min(1e-12) ** 2
             correction = (1 + s_rest.clamp_min(0)).rsqrt()
@@ -235,19 +246,21 @@ class LeapMemory(nn.Module):
         self.angle_mean.copy_(torch.where(valid, mean, 0.0).float())
         self.angle_var.copy_(torch.where(valid, var, 0.0).float())
         self.stats_valid.copy_(valid)
-        self.cloud_var.copy_(cloud_variance(self.angle_var, valid, self.class_counts,
-                                            self.version, self.tail_threshold))
+        self.cloud_var.copy_(cloud_variance(self.angle_var, valid, self.class_counts, self.version,
+                                            self.tail_threshold, self.cloud_scale, self.cloud))
 
-    def sample_variance(self, labels: torch.Tensor) -> torch.Tensor:
-        """Cloud variance (rad^2) of each sample's class; 0 for labels of -1."""
+    def cloud_variance_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """The cloud variance (rad^2) of each sample's class, the variance of its alpha
+        draws (Eq. 6 / 9 times ``cloud_scale^2``); 0 for labels of -1."""
         labels = labels.reshape(-1).long()
         var = self.cloud_var[labels.clamp_min(0)]
         return torch.where(labels >= 0, var, torch.zeros_like(var))
 
     # ----------------------------------------------------------------- reporting
     def summary(self) -> dict[str, float]:
-        """Scalars for logging: head vs tail angular mean / variance (head = K_i > T),
-        the number of clouded classes and the mean cloud width (std of alpha, rad)."""
+        """Scalars for logging: head vs tail angular mean / variance (head = K_i > T; NaN
+        where a group has no class with statistics), the number of clouded classes and
+        the mean cloud width (std of alpha, rad)."""
         valid = self.stats_valid
         head = valid & (self.class_counts > self.tail_threshold)
         tail = valid & (self.class_counts <= self.tail_threshold)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["VERSIONS", "head_variance", "pooled_variance", "cloud_variance"]
+from .settings import CLOUDS, VERSIONS
 
-#: ``"full"``: LEAP-CF / LEAP-AF (Eq. 9, no head/tail threshold);
-#: ``"vanilla"``: LEAP-CV / LEAP-AV (Eq. 6, head = K_i > T).
-VERSIONS = ("full", "vanilla")
+__all__ = ["VERSIONS", "CLOUDS", "head_variance", "pooled_variance", "cloud_variance", "uniform_cloud"]
 
 
 def head_variance(
@@ -38,21 +36,36 @@ def pooled_variance(var: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor
     return torch.where(total > 0, (w * var).sum() / total.clamp_min(1e-12), var.new_zeros(()))
 
 
+def uniform_cloud(widths: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The control of ``CLOUD: uniform``: every class with statistics gets the mean of the
+    positive per-class cloud variances ``widths`` (as much angular noise as LEAP adds, with
+    nothing transferred from head to tail); 0 everywhere while no class has a cloud."""
+    clouded = widths > 0
+    mean = torch.where(clouded.any(), (widths * clouded).sum() / clouded.sum().clamp_min(1), widths.new_zeros(()))
+    return torch.where(valid, mean, torch.zeros_like(widths))
+
+
 def cloud_variance(
     var: torch.Tensor,
     valid: torch.Tensor,
     counts: torch.Tensor,
     version: str = "full",
     tail_threshold: int = 0,
+    cloud_scale: float = 1.0,
+    cloud: str = "class",
 ) -> torch.Tensor:
-    """Per-class variance of alpha (Sec. 3.4).
+    """Per-class variance of alpha (Sec. 3.4), times ``cloud_scale ** 2``.
 
     full: class i gets ``sigma^2 - sigma_i^2`` (Eq. 9) iff ``sigma_i^2 < sigma^2``.
     vanilla: tail class x (K_x <= T) gets ``max(sigma_h^2 - sigma_x^2, 0)`` (Eq. 6); head classes 0.
+    ``cloud="uniform"`` replaces these widths by :func:`uniform_cloud` of them. ``cloud_scale``
+    multiplies the std of alpha (1 = the paper).
 
     Returns:
         (C,) tensor of cloud variances in rad^2; 0 = no cloud.
     """
+    if cloud not in CLOUDS:
+        raise ValueError(f"cloud must be one of {CLOUDS}, got {cloud!r}")
     if version == "full":
         target = pooled_variance(var, valid, counts)
         eligible = valid
@@ -61,4 +74,7 @@ def cloud_variance(
         eligible = valid & (counts <= tail_threshold)
     else:
         raise ValueError(f"LEAP version must be one of {VERSIONS}, got {version!r}")
-    return torch.where(eligible, (target - var).clamp_min(0), torch.zeros_like(var))
+    widths = torch.where(eligible, (target - var).clamp_min(0), torch.zeros_like(var))
+    if cloud == "uniform":
+        widths = uniform_cloud(widths, valid)
+    return widths * float(cloud_scale) ** 2

@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..io import atomic_write
 
-from .longtail import require_int, item_key
+from ..validation import require_int
+from .longtail import item_key
 
 __all__ = [
     "IMAGE_EXTENSIONS", "WESNOTH_UNITS", "Sample", "scan_folder", "scan_wesnoth", "pose_family",

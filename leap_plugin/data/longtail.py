@@ -10,15 +10,11 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["long_tail_split", "class_counts", "split_summary", "require_int", "item_key"]
+from ..validation import require_int
+
+__all__ = ["long_tail_split", "class_counts", "split_summary", "item_key"]
 
 Item = tuple  # (img_path, pid, camid), as fastreid's datasets list them
-
-
-def require_int(value: Any, name: str, minimum: int) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def class_counts(labels: Iterable[Hashable]) -> dict[Hashable, int]:

@@ -10,13 +10,14 @@ reported and ignored, so arcface_torch configs load unchanged.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import os
 import runpy
 from types import SimpleNamespace
 from typing import Any, Iterable, Optional, Sequence
 
-from ..core import ALPHA_MODES, STATISTICS, VERSIONS
+from ..core import DEFAULTS, LeapSettings
 from ..validation import ConfigError, check_choice, check_int, fail
 from .backbones import BACKBONES
 from .longtail import LONG_TAIL_METHODS
@@ -25,12 +26,10 @@ __all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"
 
 logger = logging.getLogger(__name__)
 
-#: The feature-cloud settings (SPEC section 2); ``start_epoch`` counts from 0.
-LEAP_DEFAULTS = {
-    "enabled": False, "version": "full", "tail_threshold": 20, "center_lr": 0.1,
-    "center_update_period": 1, "memory_factor": 1, "stats_period": 1, "start_epoch": 10,
-    "alpha_mode": "logit", "statistic": "paper",
-}
+#: ``leap=dict(...)``: the feature-cloud settings of :class:`leap_plugin.core.LeapSettings`
+#: (``start_epoch`` counts from 0) plus the face-only ``exact_grad`` of
+#: :class:`~leap_plugin.face.LeapMarginLoss` (False: arcface_torch's gradient).
+LEAP_DEFAULTS = {**{name: getattr(DEFAULTS, name) for name in LeapSettings.names()}, "exact_grad": False}
 
 DEFAULTS = {
     "margin_list": (1.0, 0.5, 0.0),  # ArcFace; CosFace is (1.0, 0.0, 0.4)
@@ -176,17 +175,11 @@ def _validate_leap(leap: Any) -> dict:
     if not isinstance(leap, dict):
         fail("leap", leap, "use a dict of LEAP settings")
     _check_keys("leap", leap, LEAP_DEFAULTS)
-    leap = {**LEAP_DEFAULTS, **leap}
-    check_choice("leap.enabled", leap["enabled"], (False, True))
-    check_choice("leap.version", leap["version"], VERSIONS)
-    check_choice("leap.alpha_mode", leap["alpha_mode"], ALPHA_MODES)
-    check_choice("leap.statistic", leap["statistic"], STATISTICS)
-    _check_number("leap.center_lr", leap["center_lr"], 0, 1)
-    check_int("leap.tail_threshold", leap["tail_threshold"], 0)
-    for key in ("center_update_period", "memory_factor", "stats_period"):
-        check_int(f"leap.{key}", leap[key], 1)
-    check_int("leap.start_epoch", leap["start_epoch"], 0)
-    return leap
+    leap = dict(leap)
+    exact_grad = leap.pop("exact_grad", LEAP_DEFAULTS["exact_grad"])
+    check_choice("leap.exact_grad", exact_grad, (False, True))
+    settings = LeapSettings.from_mapping(leap, key=lambda name: f"leap.{name}", node="leap")
+    return {**dataclasses.asdict(settings), "exact_grad": exact_grad}
 
 
 def _validate_long_tail(long_tail: Optional[dict]) -> Optional[dict]:

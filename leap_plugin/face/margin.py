@@ -15,7 +15,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..core import ALPHA_MODES, arcface_logits, cosface_logits, sample_alpha
+from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
+from ..core.cloud import check_labels
 
 __all__ = ["LeapMarginLoss"]
 
@@ -77,8 +78,7 @@ class LeapMarginLoss(nn.Module):
             raise ValueError(
                 f"margin_list (m1, m2, m3) = ({m1}, {m2}, {m3}) is not allowed: use (1.0, m_a, 0.0) for "
                 "ArcFace or (1.0, 0.0, m_c) for CosFace, margins >= 0")
-        if alpha_mode not in ALPHA_MODES:
-            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+        check_setting("alpha_mode", alpha_mode)
         self.s = float(s)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.interclass_filtering_threshold = float(interclass_filtering_threshold)
@@ -107,26 +107,16 @@ class LeapMarginLoss(nn.Module):
                 the other rows get the plain margin.
             alpha: optional (N, C) or (N, 1) angles in radians to use instead of drawing.
         """
-        labels = labels.reshape(-1).long()
+        labels = check_labels(labels, logits.shape[1]).long()
         if self.interclass_filtering_threshold > 0:
             logits = self._filter(logits, labels)
-        rows = None
-        if alpha is None and variance is not None:
-            clouded = variance.reshape(-1) > 0
-            if bool(clouded.any()):
-                rows = clouded.nonzero(as_tuple=True)[0]
-                alpha = sample_alpha(variance.reshape(-1)[rows], logits.shape[1], self.alpha_mode,
-                                     generator)
-                if rows.numel() == logits.shape[0]:
-                    rows = None  # every row clouded: alpha's rows are the batch's
 
         def compute() -> torch.Tensor:
-            if rows is None:
+            if alpha is not None:
                 return self._logits_fn(logits, labels, self.s, self._margin, alpha)
-            # Only clouded rows pay for the arccos round trip of Eq. 7 / 8.
-            out = self._logits_fn(logits, labels, self.s, self._margin)
-            return out.index_put((rows,), self._logits_fn(logits[rows], labels[rows], self.s,
-                                                         self._margin, alpha))
+            # Only clouded rows pay for the perturbation of Eq. 7 / 8.
+            return clouded_logits(self._logits_fn, logits, labels, self.s, self._margin, variance,
+                                  self.alpha_mode, generator)
 
         if self.exact_grad:
             return compute()

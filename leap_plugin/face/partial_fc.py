@@ -28,9 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import ALPHA_MODES, LeapMemory
+from ..core import DEFAULTS, LeapMemory, check_setting
 from ..core.distributed import all_gather_rows, rank, world_size
-from ..data.longtail import require_int
+from ..validation import require_int
 from .margin import LeapMarginLoss
 
 __all__ = ["LeapPartialFC", "shard_range"]
@@ -122,8 +122,9 @@ class LeapPartialFC(nn.Module):
             batch and fills up to ``int(sample_rate * num_classes)`` classes with negatives.
         enabled: LEAP on (False: a plain PartialFC, no memory is allocated).
         class_counts: K_i of every class (Eq. 5); or call :meth:`set_class_counts`.
-        version, tail_threshold, center_lr, memory_factor, statistic: see
-            :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9).
+        version, tail_threshold, center_lr, center_update, memory_factor, statistic, cloud_scale,
+            cloud: see :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9); defaults:
+            :data:`leap_plugin.core.settings.DEFAULTS`.
         center_update_period: training steps between center / angle-memory updates
             (the paper uses 5 for face data).
         stats_period: training steps between refreshes of the cloud widths.
@@ -146,15 +147,18 @@ class LeapPartialFC(nn.Module):
         *,
         enabled: bool = True,
         class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
-        version: str = "full",
-        tail_threshold: int = 20,
-        center_lr: float = 0.1,
-        center_update_period: int = 1,
-        memory_factor: int = 1,
-        stats_period: int = 1,
-        start_epoch: int = 0,
+        version: str = DEFAULTS.version,
+        tail_threshold: int = DEFAULTS.tail_threshold,
+        center_lr: float = DEFAULTS.center_lr,
+        center_update: str = DEFAULTS.center_update,
+        center_update_period: int = DEFAULTS.center_update_period,
+        memory_factor: int = DEFAULTS.memory_factor,
+        stats_period: int = DEFAULTS.stats_period,
+        start_epoch: int = DEFAULTS.start_epoch,
         alpha_mode: Optional[str] = None,
-        statistic: str = "paper",
+        statistic: str = DEFAULTS.statistic,
+        cloud_scale: float = DEFAULTS.cloud_scale,
+        cloud: str = DEFAULTS.cloud,
         seed: int = 0,
     ):
         super().__init__()
@@ -164,17 +168,15 @@ class LeapPartialFC(nn.Module):
         require_int(num_classes, "num_classes", 1)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-        require_int(center_update_period, "center_update_period", 1)
-        require_int(stats_period, "stats_period", 1)
-        require_int(start_epoch, "start_epoch", 0)
+        for name, value in (("center_update_period", center_update_period), ("stats_period", stats_period),
+                            ("start_epoch", start_epoch)):
+            check_setting(name, value)
         require_int(seed, "seed", 0)
         if enabled and not isinstance(margin_loss, LeapMarginLoss):
             raise TypeError("LEAP perturbs the margin logits: with enabled=True pass a LeapMarginLoss, "
                             f"not {type(margin_loss).__name__}")
         if alpha_mode is not None and isinstance(margin_loss, LeapMarginLoss):
-            if alpha_mode not in ALPHA_MODES:
-                raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-            margin_loss.alpha_mode = alpha_mode
+            margin_loss.alpha_mode = check_setting("alpha_mode", alpha_mode)
 
         self.margin_softmax = margin_loss
         self.embedding_size = embedding_size
@@ -196,8 +198,9 @@ class LeapPartialFC(nn.Module):
         self._has_counts = class_counts is not None
         if self.enabled:
             self.memory = LeapMemory(num_classes, embedding_size, class_counts, center_lr=center_lr,
-                                     memory_factor=memory_factor, version=version,
-                                     tail_threshold=tail_threshold, statistic=statistic)
+                                     center_update=center_update, memory_factor=memory_factor, version=version,
+                                     tail_threshold=tail_threshold, statistic=statistic,
+                                     cloud_scale=cloud_scale, cloud=cloud)
         # Training steps taken: decides the update / refresh periods, survives a resume.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._rng: dict[str, torch.Generator] = {}
@@ -283,7 +286,7 @@ class LeapPartialFC(nn.Module):
         if leap and int(self.step) % self.center_update_period == 0:
             # The memory all-gathers by itself, in the same rank order as ``labels``.
             self.memory.update(local_embeddings, local_labels)
-        variance = self.memory.sample_variance(labels) if leap and self.cloud_active else None
+        variance = self.memory.cloud_variance_of(labels) if leap and self.cloud_active else None
 
         here = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
         local = torch.where(here, labels - self.class_start, torch.full_like(labels, -1))

@@ -62,6 +62,23 @@ def patch_collections_abc() -> None:
             setattr(collections, name, getattr(collections.abc, name))
 
 
+@_once("yacs_int_for_float")
+def patch_yacs_int_for_float() -> None:
+    """yacs (every version up to 0.1.8) refuses ``CENTER_LR 1`` for a float key ("Type
+    mismatch ... float vs. int"): an integer given for a float key is taken as that float."""
+    import yacs.config
+
+    original = yacs.config._check_and_coerce_cfg_value_type
+
+    @functools.wraps(original)
+    def check_and_coerce(replacement, original_value, key, full_key):
+        if type(original_value) is float and type(replacement) is int:
+            return float(replacement)
+        return original(replacement, original_value, key, full_key)
+
+    yacs.config._check_and_coerce_cfg_value_type = check_and_coerce
+
+
 # --------------------------------------------------------------------------- training
 @_once("optimizer_zero_grad")
 def patch_optimizer_zero_grad() -> None:
@@ -314,6 +331,7 @@ def apply() -> None:
     fastreid.engine cannot be imported before them."""
     patch_torch_six()
     patch_collections_abc()
+    patch_yacs_int_for_float()
     patch_optimizer_zero_grad()
     patch_atomic_checkpoint()
     patch_data_errors()

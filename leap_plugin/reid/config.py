@@ -4,18 +4,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import os
+from typing import Sequence
+
 import torch
 from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg
 
-from ..core import ALPHA_MODES, STATISTICS, VERSIONS
-from ..validation import ConfigError, check_choice, check_int, fail
+from ..core import DEFAULTS, LeapSettings
+from ..validation import ConfigError, check_choice, check_int, check_number, fail
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
-__all__ = ["add_leap_config", "validate_config", "ConfigError", "LEAP_CLS_LAYERS", "TRAIN_SAMPLERS"]
+__all__ = ["add_leap_config", "load_config", "validate_config", "leap_settings", "ConfigError", "LEAP_CLS_LAYERS",
+           "TRAIN_SAMPLERS"]
 
 #: Classification layers that accept a feature cloud (``leap_plugin.reid.layers``).
-LEAP_CLS_LAYERS = ("LeapCosSoftmax", "LeapArcSoftmax")
+LEAP_CLS_LAYERS = ("LeapCosSoftmax", "LeapArcSoftmax", "LeapLDAMSoftmax")
 #: fastreid's own training samplers plus ours (``leap_plugin.reid.sampler``).
 TRAIN_SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler",
                   "SetReWeightSampler", "ImbalancedDatasetSampler", "LongTailIdentitySampler")
@@ -27,20 +32,9 @@ def add_leap_config(cfg: CN) -> CN:
     frozen = cfg.is_frozen()
     cfg.defrost()
     set_default(cfg.MODEL.HEADS, "LEAP", CN())
-    leap = cfg.MODEL.HEADS.LEAP
-    for key, value in (
-        ("ENABLED", False),
-        ("VERSION", "full"),          # "full" (Eq. 9) | "vanilla" (Eq. 6)
-        ("TAIL_THRESHOLD", 20),       # T: vanilla head = K_i > T
-        ("CENTER_LR", 0.1),           # gamma of Eq. 4
-        ("CENTER_UPDATE_PERIOD", 1),  # iterations between center / memory updates
-        ("MEMORY_FACTOR", 1),         # P of Eq. 5
-        ("STATS_PERIOD", 1),          # iterations between refreshes of the cloud widths
-        ("START_EPOCH", 10),          # no cloud before this epoch
-        ("ALPHA_MODE", "logit"),      # "logit" | "sample"
-        ("STATISTIC", "paper"),       # "paper" | "loo"
-    ):
-        set_default(leap, key, value)
+    # MODEL.HEADS.LEAP.<NAME> for every field of core.settings.LeapSettings (meaning there).
+    for name in LeapSettings.names():
+        set_default(cfg.MODEL.HEADS.LEAP, name.upper(), getattr(DEFAULTS, name))
     set_default(cfg.DATASETS, "LONG_TAIL", CN())
     for key, value in (("ENABLED", False), ("HEAD", 20), ("TAIL_SAMPLES", 5), ("TAIL_CLASSES", -1),
                        ("SEED", 0)):
@@ -66,18 +60,8 @@ def set_default(node: CN, key: str, value: Any) -> None:
 def validate_config(cfg: CN) -> None:
     """Fail early, with the key and the allowed values, on LEAP / long-tail / device
     settings that cannot work. Call after merging files and command-line overrides."""
-    leap = cfg.MODEL.HEADS.LEAP
-    check_choice("MODEL.HEADS.LEAP.VERSION", leap.VERSION, VERSIONS)
-    check_choice("MODEL.HEADS.LEAP.ALPHA_MODE", leap.ALPHA_MODE, ALPHA_MODES)
-    check_choice("MODEL.HEADS.LEAP.STATISTIC", leap.STATISTIC, STATISTICS)
-    if not isinstance(leap.CENTER_LR, (int, float)) or not 0.0 <= leap.CENTER_LR <= 1.0:
-        fail("MODEL.HEADS.LEAP.CENTER_LR", leap.CENTER_LR, "gamma must be a number in [0, 1]")
-    check_int("MODEL.HEADS.LEAP.TAIL_THRESHOLD", leap.TAIL_THRESHOLD, 0)
-    check_int("MODEL.HEADS.LEAP.CENTER_UPDATE_PERIOD", leap.CENTER_UPDATE_PERIOD, 1)
-    check_int("MODEL.HEADS.LEAP.MEMORY_FACTOR", leap.MEMORY_FACTOR, 1)
-    check_int("MODEL.HEADS.LEAP.STATS_PERIOD", leap.STATS_PERIOD, 1)
-    check_int("MODEL.HEADS.LEAP.START_EPOCH", leap.START_EPOCH, 0)
-    if leap.ENABLED:
+    leap = leap_settings(cfg)
+    if leap.enabled:
         if cfg.MODEL.HEADS.CLS_LAYER not in LEAP_CLS_LAYERS:
             fail("MODEL.HEADS.CLS_LAYER", cfg.MODEL.HEADS.CLS_LAYER,
                   "LEAP perturbs cosine logits; with MODEL.HEADS.LEAP.ENABLED use one of "
@@ -99,9 +83,8 @@ def validate_config(cfg: CN) -> None:
     check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
     check_int("SEED", cfg.SEED, -1)
     check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
-    q = cfg.DATALOADER.LONG_TAIL_Q
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or q < 0:
-        fail("DATALOADER.LONG_TAIL_Q", q, "use a number >= 0 (1 natural, 0.5 square-root, 0 class-balanced)")
+    check_number("DATALOADER.LONG_TAIL_Q", cfg.DATALOADER.LONG_TAIL_Q, 0.0,
+                 hint="1 natural, 0.5 square-root, 0 class-balanced")
 
     if not torch.cuda.is_available():
         if cfg.SOLVER.AMP.ENABLED:
@@ -110,6 +93,40 @@ def validate_config(cfg: CN) -> None:
         if cfg.TEST.RERANK.ENABLED:
             fail("TEST.RERANK.ENABLED", True,
                   "fastreid's re-ranking moves features to CUDA and this machine has none; set it to False")
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()):
+    """Defaults + LEAP keys, then the file, then ``KEY VALUE`` overrides; validated.
+
+    Raises:
+        ConfigError: naming the file, key or value at fault.
+    """
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"--config-file {config_file!r} does not exist")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError) as e:
+            raise ConfigError(f"{config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"command-line override: {e}") from e
+    resolve_device(cfg)
+    validate_config(cfg)
+    from .pretrained import resolve_pretrained
+
+    resolve_pretrained(cfg)
+    return cfg
+
+
+def leap_settings(cfg: CN) -> LeapSettings:
+    """The checked ``MODEL.HEADS.LEAP`` settings (ConfigError naming the key on a bad value)."""
+    node = cfg.MODEL.HEADS.LEAP
+    return LeapSettings.from_mapping({key.lower(): node[key] for key in node},
+                                     key=lambda name: f"MODEL.HEADS.LEAP.{name.upper()}",
+                                     node="MODEL.HEADS.LEAP")
 
 
 def resolve_device(cfg: CN) -> None:

@@ -15,6 +15,7 @@ from fastreid.config import configurable
 from fastreid.modeling.heads import REID_HEADS_REGISTRY, EmbeddingHead
 
 from ..core import LeapMemory
+from .config import leap_settings
 
 __all__ = ["LeapHead", "leap_heads"]
 
@@ -23,8 +24,9 @@ __all__ = ["LeapHead", "leap_heads"]
 class LeapHead(EmbeddingHead):
     """EmbeddingHead + LEAP. Extra arguments (``leap=None`` turns LEAP off):
 
-    leap: dict with ``center_lr``, ``memory_factor``, ``version``, ``tail_threshold``,
-        ``statistic`` (see :class:`leap_plugin.core.LeapMemory`) and ``alpha_mode``.
+    leap: dict of :class:`leap_plugin.core.LeapMemory` arguments (``center_lr``,
+        ``center_update``, ``memory_factor``, ``version``, ``tail_threshold``, ``statistic``,
+        ``cloud_scale``, ``cloud``) and ``alpha_mode`` (for the classification layer).
     """
 
     @configurable
@@ -42,17 +44,8 @@ class LeapHead(EmbeddingHead):
     @classmethod
     def from_config(cls, cfg) -> dict:
         args = super().from_config(cfg)
-        leap = cfg.MODEL.HEADS.LEAP
-        args["leap"] = None
-        if leap.ENABLED:
-            args["leap"] = {
-                "center_lr": leap.CENTER_LR,
-                "memory_factor": leap.MEMORY_FACTOR,
-                "version": leap.VERSION,
-                "tail_threshold": leap.TAIL_THRESHOLD,
-                "statistic": leap.STATISTIC,
-                "alpha_mode": leap.ALPHA_MODE,
-            }
+        leap = leap_settings(cfg)
+        args["leap"] = {**leap.memory_kwargs(), "alpha_mode": leap.alpha_mode} if leap.enabled else None
         return args
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None):
@@ -63,7 +56,7 @@ class LeapHead(EmbeddingHead):
         neck_feat = self.bottleneck(pool_feat)[..., 0, 0]
         if self.update_memory:
             self.memory.update(neck_feat, targets)
-        variance = self.memory.sample_variance(targets) if self.cloud_active else None
+        variance = self.memory.cloud_variance_of(targets) if self.cloud_active else None
 
         logits = F.linear(F.normalize(neck_feat), F.normalize(self.weight))
         cls_outputs = self.cls_layer(logits.clone(), targets, variance=variance)

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from fastreid.layers import any_softmax
 
-from ..core import ALPHA_MODES, arcface_logits, cosface_logits, sample_alpha
+from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
 
 __all__ = ["LeapCosSoftmax", "LeapArcSoftmax"]
 
@@ -23,9 +23,7 @@ class _LeapSoftmax(any_softmax.Linear):
 
     def __init__(self, num_classes: int, scale: float, margin: float, alpha_mode: str = "logit"):
         super().__init__(num_classes, scale, margin)
-        if alpha_mode not in ALPHA_MODES:
-            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-        self.alpha_mode = alpha_mode
+        self.alpha_mode = check_setting("alpha_mode", alpha_mode)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 variance: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -33,10 +31,7 @@ class _LeapSoftmax(any_softmax.Linear):
             logits: (N, C) cosines. targets: (N,) class ids, -1 = not among these columns.
             variance: optional (N,) cloud variance per sample (rad^2); None or all zero = no cloud.
         """
-        alpha = None
-        if variance is not None and bool((variance > 0).any()):
-            alpha = sample_alpha(variance, logits.shape[1], self.alpha_mode)
-        return self.logits_fn(logits, targets, self.s, self.m, alpha)
+        return clouded_logits(self.logits_fn, logits, targets, self.s, self.m, variance, self.alpha_mode)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha_mode={self.alpha_mode}"

@@ -31,7 +31,7 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.layers import any_softmax
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
 
-from ..core.cloud import arcface_logits, cosface_logits
+from ..core.cloud import arcface_logits, clouded_logits, cosface_logits
 from ..core.longtail import (
     Counts,
     adaptive_arc_margins,
@@ -45,7 +45,7 @@ from ..validation import check_int, fail
 from .config import set_default
 
 __all__ = [
-    "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "PEER_LAYERS", "LongTailBaseline",
+    "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "LeapLDAMSoftmax", "PEER_LAYERS", "LongTailBaseline",
     "EpochHook", "epoch_aware_modules", "configure_peer_layer", "add_peer_config",
     "validate_peer_config", "PEER_METHODS",
 ]
@@ -156,7 +156,20 @@ class AdaptiveArcSoftmax(_CountAwareSoftmax):
         return arcface_logits(logits, targets, self.s, per_sample(margins, targets))
 
 
-PEER_LAYERS = (LDAMSoftmax, BalancedSoftmax, AdaptiveArcSoftmax)
+class LeapLDAMSoftmax(LDAMSoftmax):
+    """LDAM's per-class margins with LEAP's feature cloud (Eq. 7 with ``m_c = m_y``): do the
+    two stack? Takes the cloud variance from :class:`~leap_plugin.reid.head.LeapHead` like
+    ``LeapCosSoftmax``; without one it is :class:`LDAMSoftmax`."""
+
+    alpha_mode = "logit"  # set by LeapHead from MODEL.HEADS.LEAP.ALPHA_MODE
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                variance: torch.Tensor | None = None) -> torch.Tensor:
+        margins = per_sample(ldam_margins(self.checked_counts(), self.max_m), targets).to(logits.dtype)
+        return clouded_logits(cosface_logits, logits, targets, self.s, margins, variance, self.alpha_mode)
+
+
+PEER_LAYERS = (LDAMSoftmax, BalancedSoftmax, AdaptiveArcSoftmax, LeapLDAMSoftmax)
 
 for _cls in PEER_LAYERS:
     setattr(any_softmax, _cls.__name__, _cls)

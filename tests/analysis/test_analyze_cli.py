@@ -10,7 +10,7 @@ from leap_plugin import LeapTrainer
 from leap_plugin.analysis.plots import plot_training_curves, read_metrics
 from leap_plugin.analysis.stats import STATISTICS
 from leap_plugin.cli.analyze import analyze, main
-from leap_plugin.cli.train import load_config
+from leap_plugin.reid.config import load_config
 from market_data import tiny_config, write_market1501
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

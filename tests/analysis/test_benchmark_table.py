@@ -77,3 +77,29 @@ def test_paired_delta_is_taken_seed_by_seed(longtail, tmp_path):
     pooled = {line.split(":")[0][2:]: line for line in text.splitlines() if line.startswith("- ")}
     assert "paired Δ mAP +0.33 ± 0.67" in pooled["LEAP-CF"] and "3 seed pairs in 2 settings; 2 positive" in pooled["LEAP-CF"]
     assert "paired Δ mAP +0.50 ± 1.50" in pooled["ArcFace over CosFace"]
+
+
+def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
+    """Issue 16: the same seed gives other numbers on another machine: never pair across."""
+    here = {"cpu": "CPU A", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
+            "threads": 1}
+    there = dict(here, cpu="CPU B")
+
+    def on(machine, commit, r):
+        return dict(r, machine=machine, commit=commit, leap=None)
+
+    rows = [row("H20_S4", "CosFace", 0, 50.0), row("H20_S4", "LEAP-CF", 0, 70.0),  # not recorded
+            on(there, "c" * 40, row("H20_S4", "CosFace", 0, 40.0)),
+            on(here, "a" * 40, row("H20_S4", "CosFace", 0, 55.0)),
+            on(here, "b" * 40, row("H20_S4", "LEAP-CF", 1, 90.0)),  # another commit
+            on(here, "a" * 40, row("H20_S4", "CosFace", 1, 57.0)),
+            on(here, "a" * 40, row("H20_S4", "LEAP-CF", 0, 58.0)),
+            on(here, "a" * 40, row("H20_S4", "LEAP-CF", 1, 58.0))]
+    text = longtail.write_table(rows, str(tmp_path))  # the last row's campaign
+    table = table_rows(text)
+    assert table[("H20_S4", "CosFace")][2] == "2" and table[("H20_S4", "LEAP-CF")][2] == "2"
+    assert table[("H20_S4", "LEAP-CF")][5] == "+2.00 ± 1.41 (2/2)"  # 58 - 55, 58 - 57
+    assert "CPU A (x86_64, 2 cores, no GPU), Python 3.11.7, torch 2.14.1, 1 thread(s) per run @ aaaaaaaaaaaa" in text
+    assert "- CPU B (x86_64" in text and "- machine and commit not recorded" in text and "@ bbbbbbbbbbbb: 1 runs" in text
+    with open(tmp_path / "longtail.json") as f:
+        assert json.load(f) == rows  # nothing is dropped from the record

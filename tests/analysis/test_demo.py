@@ -11,6 +11,7 @@ import re
 import pytest
 from PIL import Image
 
+from leap_plugin import runs
 from leap_plugin.cli import demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,16 +94,21 @@ def test_train_run_completes_a_run_whose_results_file_is_missing(tmp_path, monke
     """Final checkpoint and evaluation on disk, results.json lost (e.g. the driver was killed):
     nothing is trained again and no training time is claimed for this call."""
     calls = []
-    monkeypatch.setattr(demo, "_leap_train", lambda *a, **k: calls.append(a))
+    config = os.path.join(runs.SPRITE_CONFIGS, "leap_cf_mnv2.yml")
+    monkeypatch.setattr(runs, "_leap_train", lambda *a, **k: calls.append(a))
     (tmp_path / "model_final.pth").write_bytes(b"x")
     (tmp_path / "eval_results.json").write_text(json.dumps({"mAP": 50.0, "Rank-1": 60.0, "Rank-5": 70.0,
                                                              "Rank-10": 80.0, "metric": 55.0}))
-    result = demo.train_run("t", "cfg.yml", str(tmp_path), [])
+    result = runs.train_run("t", config, str(tmp_path), ["MODEL.HEADS.LEAP.CLOUD_SCALE", "2"])
     assert calls == [] and result["seconds"] is None and result["mAP"] == 50.0
+    # where and on what it ran, and the LEAP keys it ran with
+    assert result["machine"]["cores"] == os.cpu_count() and result["machine"]["torch"]
+    assert result["commit"] == runs.code_commit() and result["leap"]["CLOUD_SCALE"] == 2.0
     assert json.loads((tmp_path / "results.json").read_text())["seconds"] is None
     os.remove(tmp_path / "eval_results.json")  # checkpoint without evaluation: evaluated, not trained
     os.remove(tmp_path / "results.json")
-    monkeypatch.setattr(demo, "_leap_train", lambda label, out, args, log, threads=None: (
-        calls.append(args), (tmp_path / "eval_results.json").write_text(json.dumps({m: 1.0 for m in demo.METRICS}))))
-    assert demo.train_run("t", "cfg.yml", str(tmp_path), [])["seconds"] is None
+    monkeypatch.setattr(runs, "_leap_train", lambda label, out, args, log, threads=None: (
+        calls.append(args), (tmp_path / "eval_results.json").write_text(json.dumps({m: 1.0 for m in runs.METRICS}))))
+    result = runs.train_run("t", os.path.join(runs.SPRITE_CONFIGS, "cosface_mnv2.yml"), str(tmp_path), [])
+    assert result["seconds"] is None and result["leap"] is None
     assert calls[0][0] == "--eval-only"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from leap_plugin.core.cloud import COS_EPS, arcface_logits, cosface_logits, sample_alpha
+from leap_plugin.core.cloud import COS_EPS, arcface_logits, clouded_logits, cosface_logits, perturbed_cos, sample_alpha
 
 
 def reference(cos, labels, scale, margin, alpha, kind):
@@ -83,3 +83,62 @@ def test_sample_alpha_shapes_spread_and_zero_variance():
     assert s.shape == (3, 1)
     with pytest.raises(ValueError, match="alpha mode"):
         sample_alpha(var, 5, "batch")
+
+
+def arccos_form(cos, alpha):
+    """The direct form of Eq. 7-8's angle arithmetic: cos(clip(arccos(cos) + alpha))."""
+    theta = torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
+    return torch.cos((theta + alpha).clamp(0.0, math.pi))
+
+
+def test_perturbed_cos_equals_the_arccos_form_in_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    cos = torch.cat([torch.rand(400, generator=g) * 2 - 1,
+                     torch.tensor([1.0, -1.0, 1 - 1e-7, -1 + 1e-7, 0.0, 0.5, -0.5, 0.999, -0.999])])
+    alpha = torch.cat([torch.randn(400, generator=g) * 1.5,
+                       torch.tensor([0.3, -0.3, -4.0, 4.0, math.pi, -math.pi, 0.0, -0.1, 0.1])])
+    # both sides of both clips are in the sample
+    theta = torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
+    assert ((theta + alpha) < 0).sum() > 10 and ((theta + alpha) > math.pi).sum() > 10
+    x = cos.clone().double().requires_grad_()
+    fast = perturbed_cos(x, alpha.double())
+    ref_x = cos.clone().double().requires_grad_()
+    ref = arccos_form(ref_x, alpha.double())
+    # float32 inside; near cos = +-1 the float32 arccos form is no closer to the float64 truth
+    torch.testing.assert_close(fast.double(), ref, atol=1e-5, rtol=0)
+    (g_fast,) = torch.autograd.grad(fast.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), ref_x)
+    torch.testing.assert_close(g_fast.double(), g_ref, atol=1e-3, rtol=1e-4)
+    assert fast.dtype == torch.float32  # the trigonometry runs in float32
+
+
+@pytest.mark.parametrize("fn", [cosface_logits, arcface_logits])
+def test_clouded_logits_touch_only_rows_with_a_cloud(fn):
+    g = torch.Generator().manual_seed(2)
+    cos = torch.rand(6, 9, generator=g) * 1.6 - 0.8
+    labels = torch.tensor([0, 3, -1, 8, 2, 5])
+    variance = torch.tensor([0.0, 0.04, 0.0, 0.09, 0.0, 0.01])
+    plain = fn(cos, labels, 16.0, 0.2)
+    for mode in ("logit", "sample"):
+        out = clouded_logits(fn, cos, labels, 16.0, 0.2, variance, mode, torch.Generator().manual_seed(5))
+        rows = variance > 0
+        assert torch.equal(out[~rows], plain[~rows])
+        alpha = sample_alpha(variance[rows], 9, mode, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(out[rows], fn(cos[rows], labels[rows], 16.0, 0.2, alpha))
+        assert (out[rows] - plain[rows]).abs().amax() > 0.01
+    assert torch.equal(clouded_logits(fn, cos, labels, 16.0, 0.2, None), plain)
+    assert torch.equal(clouded_logits(fn, cos, labels, 16.0, 0.2, torch.zeros(6)), plain)
+    # per-sample margins follow their rows
+    margins = torch.linspace(0.1, 0.6, 6)[:, None]
+    out = clouded_logits(fn, cos, labels, 16.0, margins, variance, "logit", torch.Generator().manual_seed(5))
+    alpha = sample_alpha(variance[variance > 0], 9, "logit", torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out[variance > 0], fn(cos[variance > 0], labels[variance > 0], 16.0,
+                                                     margins[variance > 0], alpha))
+
+
+@pytest.mark.parametrize("fn", [cosface_logits, arcface_logits])
+def test_labels_outside_the_columns_are_refused(fn):
+    with pytest.raises(ValueError, match="labels must be class ids"):
+        fn(torch.zeros(2, 3), torch.tensor([0, -2]), 1.0, 0.1)
+    with pytest.raises(ValueError, match="labels must be class ids"):
+        fn(torch.zeros(2, 3), torch.tensor([3, 0]), 1.0, 0.1)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from leap_plugin.core.variance import cloud_variance, head_variance, pooled_variance
+from leap_plugin.core.cloud import sample_alpha
+from leap_plugin.core.variance import cloud_variance, head_variance, pooled_variance, uniform_cloud
 
 VAR = torch.tensor([0.09, 0.05, 0.01, 0.02, 0.50])
 VALID = torch.tensor([True, True, True, True, False])
@@ -45,3 +46,30 @@ def test_empty_head_set_and_all_head_data_give_no_cloud():
 def test_unknown_version():
     with pytest.raises(ValueError, match="version"):
         cloud_variance(VAR, VALID, COUNTS, "half")
+
+
+@pytest.mark.parametrize("version", ["full", "vanilla"])
+def test_cloud_scale_scales_the_std_of_the_draws_exactly(version):
+    base = cloud_variance(VAR, VALID, COUNTS, version, 10)
+    assert base.count_nonzero() > 0
+    for scale in (0.0, 2.0, 3.0):
+        scaled = cloud_variance(VAR, VALID, COUNTS, version, 10, cloud_scale=scale)
+        torch.testing.assert_close(scaled, base * scale ** 2)
+        # the same random numbers drawn with the scaled width: alpha scales exactly
+        a1 = sample_alpha(base, 6, generator=torch.Generator().manual_seed(0))
+        a2 = sample_alpha(scaled, 6, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(a2, a1 * scale)
+
+
+def test_uniform_cloud_gives_every_class_with_statistics_the_mean_width():
+    widths = cloud_variance(VAR, VALID, COUNTS, "full")
+    positive = widths[widths > 0]
+    got = cloud_variance(VAR, VALID, COUNTS, "full", cloud="uniform")
+    # every class with statistics, head classes included; none without
+    torch.testing.assert_close(got, torch.where(VALID, positive.mean(), 0.0))
+    assert got[0] > 0 and got[4] == 0
+    torch.testing.assert_close(cloud_variance(VAR, VALID, COUNTS, "full", cloud_scale=2.0, cloud="uniform"), got * 4)
+    # no class clouded yet: nothing to spread
+    assert uniform_cloud(torch.zeros(5), VALID).count_nonzero() == 0
+    with pytest.raises(ValueError, match="cloud"):
+        cloud_variance(VAR, VALID, COUNTS, "full", cloud="flat")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import leap_plugin  # noqa: F401
-from leap_plugin.cli.train import load_config
+from leap_plugin.reid.config import load_config
 from leap_plugin.reid.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

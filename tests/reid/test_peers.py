@@ -12,7 +12,7 @@ from fastreid.utils.events import EventStorage
 
 import leap_plugin  # noqa: F401
 import market_data
-from leap_plugin.cli.train import load_config
+from leap_plugin.reid.config import load_config
 from leap_plugin.core.cloud import arcface_logits, cosface_logits
 from leap_plugin.core.longtail import (
     adaptive_arc_margins,

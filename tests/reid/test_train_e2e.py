@@ -10,7 +10,7 @@ import torch
 
 import leap_plugin  # noqa: F401
 import market_data
-from leap_plugin.cli.train import load_config
+from leap_plugin.reid.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "projects", "LEAP", "train_net.py")
