@@ -37,7 +37,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "leap-train = leap_plugin.cli.train:cli",
+            "leap-train = leap_plugin.cli.train:main",
             "leap-analyze = leap_plugin.cli.analyze:main",
             "leap-demo = leap_plugin.cli.demo:main",
             "leap-face-train = leap_plugin.cli.face_train:main",

@@ -79,6 +79,9 @@ def check_number(key: str, value: Any, low: float = -math.inf, high: float = mat
     """A number in ``[low, high]`` (``(low, high]`` with ``low_open``); ints are accepted and
     returned as float (``CENTER_LR 1`` means 1.0)."""
     if not is_number(value) or value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        fail(key, value, f"use a number in {bracket}{low:g}, {high:g}]" + (f" ({hint})" if hint else ""))
+        if high == math.inf:
+            allowed = f"use a number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"use a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        fail(key, value, allowed + (f" ({hint})" if hint else ""))
     return float(value)

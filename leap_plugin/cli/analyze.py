@@ -30,7 +30,6 @@ import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
 import torch
 from fastreid.data.build import fast_batch_collator
 from fastreid.data.common import CommDataset
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.modeling import build_model
 from fastreid.utils.checkpoint import Checkpointer
@@ -39,49 +38,17 @@ from torch.utils.data import DataLoader
 from ..analysis.plots import pick_tsne_classes, plot_angle_distributions, plot_training_curves, plot_tsne
 from ..analysis.stats import STATISTICS, angle_statistics, format_summary, head_tail_summary
 from ..io import atomic_write
+from ..reid.checkpoint import load_weights
 from ..reid.config import ConfigError
-from ..reid.datasets import dataset_kwargs
-from ..reid.trainer import _datasets_root, build_train_set, class_counts
+from ..reid.datasets import build_dataset
+from ..reid.engine import build_train_set, class_counts
 from ..reid.config import load_config
 
-__all__ = ["SPLITS", "analyze", "extract_features", "load_weights", "main"]
+__all__ = ["SPLITS", "analyze", "extract_features", "main"]
 
 logger = logging.getLogger("leap_plugin")
 
 SPLITS = ("train", "test")
-
-# Checkpoint entries that do not shape the features: the classifier weights (their shape
-# follows the class count of the split) and LEAP's center / angle-memory buffers (absent
-# from a baseline checkpoint, sized by K_i).
-_FEATURE_FREE_KEYS = ("heads.weight", "heads.memory.")
-
-
-def load_weights(model: torch.nn.Module, weights: str) -> None:
-    """Load a fastreid checkpoint into ``model`` with fastreid's Checkpointer.
-
-    Raises:
-        ConfigError: the file is missing, is not a fastreid checkpoint, or lacks weights
-            the features depend on (a checkpoint of another architecture).
-    """
-    if not os.path.isfile(weights):
-        raise ConfigError(f"--weights {weights!r}: no such file")
-    checkpointer = Checkpointer(model)
-    # Checkpointer.load() only logs missing keys: a checkpoint of another backbone would
-    # leave random weights and give silently meaningless statistics. Its two steps,
-    # called here, let us see what did not load.
-    try:
-        checkpoint = checkpointer._load_file(weights)
-    except RuntimeError as e:
-        raise ConfigError(f"--weights: {e}") from e
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ConfigError(f"--weights {weights!r} is not a fastreid checkpoint (no 'model' entry)")
-    incompatible = checkpointer._load_model(checkpoint)
-    missing = [k for k in incompatible.missing_keys + [k for k, _, _ in incompatible.incorrect_shapes]
-               if not k.startswith(_FEATURE_FREE_KEYS)]
-    if missing:
-        raise ConfigError(f"--weights {weights!r} does not fit the model of this config: "
-                          f"{len(missing)} weights missing or of another shape, e.g. {missing[:3]}")
-
 
 def _analysis_set(cfg, split: str, train_set: CommDataset) -> tuple[CommDataset, torch.Tensor]:
     """The images to analyse with fastreid's test transforms (no augmentation), relabelled,
@@ -92,7 +59,7 @@ def _analysis_set(cfg, split: str, train_set: CommDataset) -> tuple[CommDataset,
         return CommDataset(train_set.img_items, transforms, relabel=True), class_counts(train_set)
     items = []
     for name in cfg.DATASETS.TESTS:
-        data = DATASET_REGISTRY.get(name)(root=_datasets_root(), **dataset_kwargs(cfg, name))
+        data = build_dataset(cfg, name)
         # Test pids are plain ints: prefix them so that two test sets do not merge identities.
         items.extend((path, f"{name}_{pid}", camid) for path, pid, camid in data.query + data.gallery)
     dataset = CommDataset(items, transforms, relabel=True)

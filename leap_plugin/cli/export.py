@@ -141,14 +141,14 @@ def export_reid(config_file: str, weights: Optional[str], path: str, opts: Seque
     """Export a fastreid model (config + weights; None keeps the initialisation) to ``path``,
     checked with onnxruntime on raw 0-255 images. Returns the torch model."""
     from fastreid.modeling import build_model
-    from fastreid.utils.checkpoint import Checkpointer
 
+    from ..reid.checkpoint import load_weights
     from ..reid.config import load_config
 
     cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     if weights:
-        Checkpointer(model).load(weights)
+        load_weights(model, weights)
     model = _CopyInput(model)
     height, width = cfg.INPUT.SIZE_TEST
     example = torch.rand(2, 3, height, width) * 255

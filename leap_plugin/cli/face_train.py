@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..core.distributed import init_process_group
 from ..face import LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
 from ..face.backbones import build_backbone
 from ..face.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
@@ -231,7 +232,7 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        init_process_group(world, rank)
     return world, rank, device
 
 

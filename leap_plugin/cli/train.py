@@ -2,7 +2,11 @@
 
 Same arguments as fastreid's: ``--config-file``, ``--resume``, ``--eval-only``,
 ``--num-gpus`` (on a CPU-only machine: that many gloo processes), ``--num-machines``,
-``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides.
+``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides. Beyond upstream's
+script: every data set is opened before training (a missing folder fails now, naming it),
+a bad config value, a damaged checkpoint or a busy output folder ends the run with one
+line and exit status 2, ``--eval-only`` refuses weights that do not fit the config, and the
+final evaluation is also written to ``OUTPUT_DIR/eval_results.json``.
 """
 from __future__ import annotations
 
@@ -14,47 +18,43 @@ import warnings
 from typing import Optional, Sequence
 
 import leap_plugin  # noqa: F401  (patches fastreid, registers LEAP)
-from fastreid.data.datasets import DATASET_REGISTRY
-from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
-from fastreid.utils.env import seed_all_rng
 
-from ..io import atomic_write
+from ..core.memory import LeapStateMismatch
+from ..io import FolderInUse, atomic_write
+from ..reid.checkpoint import load_weights
+from ..reid.compat.hardening import CheckpointReadError
 from ..reid.config import ConfigError, load_config
-from ..reid.datasets import dataset_kwargs
-from ..reid.trainer import LeapTrainer, _datasets_root
+from ..reid.datasets import build_dataset
 
-__all__ = ["setup", "main", "cli"]
+__all__ = ["setup", "run", "main", "USER_ERRORS"]
 
 logger = logging.getLogger("leap_plugin")
+
+#: Errors that mean a bad input, not a bug: reported in one line, exit status 2.
+USER_ERRORS = (ConfigError, FileNotFoundError, FolderInUse, CheckpointReadError, LeapStateMismatch)
 
 
 def check_data(cfg) -> None:
     """Open every training and test data set once, so that a missing folder fails now
     with its path, not minutes later in a worker process."""
     for name in dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)):
-        try:
-            cls = DATASET_REGISTRY.get(name)
-        except KeyError as e:
-            raise ConfigError(f"DATASETS: unknown data set {name!r}; registered: "
-                              f"{', '.join(sorted(k for k, _ in DATASET_REGISTRY))}") from e
         with warnings.catch_warnings():  # the run itself shows them; here only the error counts
             warnings.simplefilter("ignore")
-            cls(root=_datasets_root(), **dataset_kwargs(cfg, name))
+            build_dataset(cfg, name)
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
-    if cfg.SEED >= 0:
-        # Each rank gets its own stream; the identity samplers share one seed through fastreid.
-        seed_all_rng(cfg.SEED + comm.get_rank())
+    default_setup(cfg, args)  # validates, locks OUTPUT_DIR, seeds from SEED (leap_plugin.reid.engine)
     return cfg
 
 
-def main(args):
+def run(args) -> dict:
+    """Train (or evaluate, with ``--eval-only``) as fastreid's ``train_net.main`` does."""
     cfg = setup(args)
     if args.eval_only:
         cfg.defrost()
@@ -63,10 +63,10 @@ def main(args):
         if not weights:
             raise ConfigError("--eval-only needs MODEL.WEIGHTS or a checkpoint in OUTPUT_DIR "
                               f"({cfg.OUTPUT_DIR!r} has none)")
-        model = LeapTrainer.build_model(cfg)
-        Checkpointer(model).load(weights)
-        return save_results(cfg, LeapTrainer.test(cfg, model))
-    trainer = LeapTrainer(cfg)
+        model = DefaultTrainer.build_model(cfg)
+        load_weights(model, weights, "MODEL.WEIGHTS")
+        return save_results(cfg, DefaultTrainer.test(cfg, model))
+    trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return save_results(cfg, trainer.train())
 
@@ -80,17 +80,17 @@ def save_results(cfg, results):
     return results
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = default_argument_parser().parse_args(argv)
     try:
         check_data(load_config(args.config_file, args.opts))
-    except (ConfigError, FileNotFoundError) as e:
+        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except USER_ERRORS as e:
         print(f"leap-train: error: {e}", file=sys.stderr)
         return 2
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

@@ -2,10 +2,27 @@
 from the same global batch (SPEC section 1, "Distributed")."""
 from __future__ import annotations
 
+import socket
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "all_gather_rows"]
+__all__ = ["world_size", "rank", "all_gather_rows", "init_process_group", "free_tcp_url"]
+
+
+def free_tcp_url() -> str:
+    """A ``tcp://127.0.0.1:<port>`` address with a port free now (one-machine runs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def init_process_group(world: int, rank_: int, init_method: str | None = None) -> None:
+    """The process group of both adapters: NCCL where CUDA is, gloo otherwise; the address
+    from ``init_method`` or, without one, torchrun's environment (``MASTER_ADDR``...)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    kwargs = {"init_method": init_method} if init_method else {}
+    dist.init_process_group(backend=backend, world_size=world, rank=rank_, **kwargs)
 
 
 def world_size() -> int:

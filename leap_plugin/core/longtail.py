@@ -17,16 +17,19 @@ which take an (N, 1) tensor of per-sample margins (:func:`per_sample`) as well a
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..validation import require_counts
+from .cloud import arcface_logits, cosface_logits
 
 __all__ = [
     "Counts", "ldam_margins", "logit_adjustment", "adaptive_arc_margins", "effective_number_weights",
-    "per_sample", "weighted_cross_entropy",
+    "per_sample", "weighted_cross_entropy", "CountMethod", "COUNT_METHODS",
 ]
 
 #: Per-class training sample counts K_i, indexed by class id.
@@ -113,3 +116,57 @@ def weighted_cross_entropy(
     target.scatter_(1, labels.reshape(-1, 1), 1.0 - eps)
     ce = -(target * log_p).sum(dim=1)
     return (class_weights.to(ce)[labels] * ce).mean()
+
+
+@dataclass(frozen=True)
+class CountMethod:
+    """A peer method that turns K_i into a per-class vector applied to the logits.
+
+    Attributes:
+        name: the method's name in configs (``long_tail_loss.method``, ``PEER_METHODS``).
+        vector: ``vector(counts, **options) -> (C,)`` per-class margins or logit offsets.
+        apply: how the vector enters the logits: ``"cosine_margin"`` (CosFace with a per-class
+            cosine margin), ``"angular_margin"`` (ArcFace with a per-class angle in radians) or
+            ``"logit_offset"`` (added to every scaled logit, on top of a plain CosFace margin).
+        uses_margin: whether the plain margin (``MODEL.HEADS.MARGIN``, ``m3``) still applies.
+
+    The hyperparameters and their defaults (the papers') are the keyword arguments of
+    ``vector``: :attr:`options`.
+    """
+
+    name: str
+    vector: Callable[..., torch.Tensor]
+    apply: str
+    uses_margin: bool = False
+
+    @property
+    def options(self) -> dict[str, float]:
+        params = list(inspect.signature(self.vector).parameters.values())[1:]  # after the counts
+        return {p.name: p.default for p in params}
+
+    def per_class(self, counts: Counts, **options: float) -> torch.Tensor:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"unknown options {unknown} for {self.name!r}; allowed: {sorted(self.options)}")
+        return self.vector(counts, **{**self.options, **options})
+
+    def logits(self, cos: torch.Tensor, labels: torch.Tensor, scale: float, per_class: torch.Tensor,
+               margin: float = 0.0, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled logits of cosines ``cos`` (N, C) whose column j is class ``columns[j]``
+        (default: class j); ``labels`` are columns, -1 = not among them."""
+        values = per_class.to(cos.device) if columns is None else per_class.to(cos.device)[columns]
+        if self.apply == "logit_offset":
+            return cosface_logits(cos, labels, scale, margin) + values.to(cos.dtype)
+        margins = per_sample(values, labels)  # (N, 1); rows with label -1 have no target
+        if self.apply == "cosine_margin":
+            return cosface_logits(cos, labels, scale, margins.to(cos.dtype))
+        return arcface_logits(cos, labels, scale, margins)
+
+
+#: The count-aware peer methods both adapters offer (the papers' defaults).
+COUNT_METHODS: dict[str, CountMethod] = {
+    "ldam": CountMethod("ldam", ldam_margins, "cosine_margin"),
+    "balanced_softmax": CountMethod("balanced_softmax", logit_adjustment, "logit_offset", uses_margin=True),
+    "adaptive_arc": CountMethod("adaptive_arc", adaptive_arc_margins, "angular_margin"),
+}
+

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +21,13 @@ from .distributed import all_gather_rows
 from .settings import DEFAULTS, check_setting
 from .variance import cloud_variance
 
-__all__ = ["LeapMemory", "group_ranks"]
+__all__ = ["LeapMemory", "LeapStateMismatch", "group_ranks"]
+
+logger = logging.getLogger("leap_plugin.memory")
+
+
+class LeapStateMismatch(ValueError):
+    """A checkpoint's LEAP state was built for other K_i or another memory factor."""
 
 
 def group_ranks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,6 +104,12 @@ class LeapMemory(nn.Module):
         self.register_buffer("cloud_var", torch.zeros(num_classes))
         counts = torch.ones(num_classes, dtype=torch.long) if class_counts is None else class_counts
         self._allocate(torch.as_tensor(counts, dtype=torch.long))
+        #: whether K_i were given (constructor, set_class_counts or a checkpoint); without
+        #: them every S_i = P and no statistic means anything
+        self.has_counts = class_counts is not None
+        #: what loading a checkpoint whose LEAP state was built for other K_i or another P does
+        #: (see :meth:`match_checkpoint`)
+        self.on_mismatch = "adopt"
 
     # ----------------------------------------------------------------- memory layout
     def _allocate(self, counts: torch.Tensor) -> None:
@@ -122,6 +136,7 @@ class LeapMemory(nn.Module):
         """Set K_i, size the angle memory to ``K_i * P`` and empty it."""
         self._allocate(torch.as_tensor(class_counts, dtype=torch.long))
         self.reset()
+        self.has_counts = True
 
     def reset(self) -> None:
         """Forget centers, angles and statistics (sizes stay)."""
@@ -129,19 +144,53 @@ class LeapMemory(nn.Module):
                      "angle_var", "stats_valid", "cloud_var", "memory", "mem_fill", "mem_ptr"):
             getattr(self, name).zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The memory's length follows K_i, which a checkpoint carries: adopt its sizes
-        # so that evaluation or resume need not rebuild the training set first.
+    #: ``on_mismatch`` values: ``"adopt"`` takes the checkpoint's K_i and memory (evaluation,
+    #: analysis: nothing to compare with); ``"rebuild"`` keeps this run's empty state
+    #: (fine-tuning from weights of another split); ``"require"`` raises (a resume).
+    MISMATCH_POLICIES = ("adopt", "rebuild", "require")
+
+    def match_checkpoint(self, state_dict: dict, prefix: str) -> None:
+        """Reconcile this memory with the LEAP state ``state_dict`` holds under ``prefix``
+        before it is loaded, following :attr:`on_mismatch` when that state was built for
+        other K_i or another ``memory_factor``: never half adopted (K_i of one run, angles
+        or running sums of another). In ``"rebuild"`` the checkpoint's LEAP entries are
+        removed from ``state_dict``."""
         counts = state_dict.get(prefix + "class_counts")
+        if counts is None:  # no LEAP state in the checkpoint (a baseline's)
+            return
         memory = state_dict.get(prefix + "memory")
-        if counts is not None and memory is not None:
-            if memory.numel() != int(counts.sum()) * self.memory_factor:
-                raise ValueError(
-                    f"the LEAP angle memory in this checkpoint holds {memory.numel()} angles for "
-                    f"sum(K_i) = {int(counts.sum())}: it was trained with another MEMORY_FACTOR "
-                    f"than the {self.memory_factor} configured now")
-            if not torch.equal(counts.to(self.class_counts.device), self.class_counts):
-                self._allocate(counts.to(torch.long))
+        counts = counts.to(torch.long)
+        consistent = memory is not None and memory.numel() == int(counts.sum()) * self.memory_factor
+        if consistent and torch.equal(counts.cpu(), self.class_counts.cpu()):
+            return
+        found = (f"K_i of {counts.numel()} classes summing to {int(counts.sum())}, memory of "
+                 f"{'no' if memory is None else memory.numel()} angles")
+        wanted = (f"K_i of {self.num_classes} classes summing to {int(self.class_counts.sum())}, "
+                  f"MEMORY_FACTOR {self.memory_factor}")
+        other_classes = counts.numel() != self.num_classes
+        if self.on_mismatch == "rebuild" or (self.on_mismatch == "adopt" and other_classes):
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                del state_dict[key]
+            if self.on_mismatch == "rebuild":
+                logger.info("LEAP: the checkpoint's centers and angle memory were built for another training "
+                            "set or MEMORY_FACTOR (%s; this run: %s): rebuilt empty for this run", found, wanted)
+            else:  # a model built for evaluation only, without the training classes
+                logger.info("LEAP: the checkpoint's LEAP state (%s) is for another number of classes than "
+                            "this model (%d): not loaded; the embedding does not depend on it", found,
+                            self.num_classes)
+        elif self.on_mismatch == "require" or not consistent:
+            raise LeapStateMismatch(
+                f"the LEAP state in this checkpoint ({found}) does not fit this run ({wanted}): "
+                + ("it was trained with another MEMORY_FACTOR or DATASETS / DATASETS.LONG_TAIL setting; resume "
+                   "with the same ones, or start a new OUTPUT_DIR" if self.on_mismatch == "require" else
+                   "it was trained with another MEMORY_FACTOR than the one configured now"))
+        else:
+            self._allocate(counts)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.match_checkpoint(state_dict, prefix)
+        if prefix + "class_counts" in state_dict:
+            self.has_counts = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- updates

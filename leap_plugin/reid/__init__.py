@@ -1,10 +1,64 @@
-"""The fastreid adapter: everything that knows fastreid lives here."""
+"""The fastreid adapter: everything that knows fastreid lives here.
+
+- :mod:`.compat`: the patches fastreid 1.4.0 needs on Python 3.11 / torch 2 / CPU;
+- :mod:`.config`: every config key, declared once, and its validation;
+- :mod:`.layers`, :mod:`.head`, :mod:`.hooks`, :mod:`.sampler`, :mod:`.datasets`,
+  :mod:`.peers`: what is registered into fastreid's registries;
+- :mod:`.engine`, :mod:`.checkpoint`: fastreid's own trainer, setup and checkpointer, extended;
+- :mod:`.pretrained`: offline ImageNet weights for fastreid's MobileNetV2.
+"""
+import functools
+import logging
+
+__all__ = ["register"]
+
+
+class _ToFastreidLog(logging.Handler):
+    """Messages of the toolbox-free core reach fastreid's log (console and log.txt)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("fastreid.leap_plugin").handle(record)
+
+
+def _extend_build_heads() -> None:
+    """fastreid builds a classification layer as ``cls(num_classes, scale, margin)``; after
+    ``build_heads`` each layer's ``configure(cfg)`` reads the rest from the config."""
+    import fastreid.modeling.heads as heads
+    import fastreid.modeling.heads.build as heads_build
+    import fastreid.modeling.meta_arch.baseline as baseline
+
+    from .layers import configure_layers
+
+    original = heads_build.build_heads
+    if getattr(original, "leap_plugin", False):
+        return
+
+    @functools.wraps(original)
+    def build_heads(cfg):
+        head = original(cfg)
+        configure_layers(head, cfg)
+        return head
+
+    build_heads.leap_plugin = True
+    for module in (heads_build, heads, baseline):
+        module.build_heads = build_heads
 
 
 def register() -> None:
-    """Register LEAP's parts into fastreid's registries and defaults (idempotent)."""
-    from . import datasets, head, layers, peers, sampler  # noqa: F401  (registration on import)
-    from .config import add_leap_config
+    """Register LEAP's parts into fastreid's registries, defaults, trainer and checkpointer
+    (idempotent)."""
     from fastreid.config import defaults
 
+    from . import datasets, head, layers, peers, sampler  # noqa: F401  (registration on import)
+    from .checkpoint import extend_checkpointer
+    from .config import add_leap_config
+    from .engine import extend_fastreid
+
     add_leap_config(defaults._C)
+    _extend_build_heads()
+    extend_fastreid()
+    extend_checkpointer()
+    core_log = logging.getLogger("leap_plugin")
+    if not any(isinstance(h, _ToFastreidLog) for h in core_log.handlers):
+        core_log.addHandler(_ToFastreidLog())
+        core_log.setLevel(logging.INFO)

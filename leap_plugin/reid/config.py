@@ -1,74 +1,154 @@
-"""LEAP's config keys for fastreid (SPEC section 2) and their validation."""
+"""Every config key this plugin adds to fastreid, declared once, and their validation.
+
+The keys are added to fastreid's defaults when :mod:`leap_plugin` is imported and to any
+``CfgNode`` by :func:`add_leap_config`. :func:`validate_config` fails at start, naming the
+key, the value and what is allowed, on anything that cannot work.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
-
 import os
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
 from ..core import DEFAULTS, LeapSettings
+from ..core.longtail import COUNT_METHODS
+from ..data.folders import WESNOTH_UNITS
 from ..validation import ConfigError, check_choice, check_int, check_number, fail
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
-__all__ = ["add_leap_config", "load_config", "validate_config", "leap_settings", "ConfigError", "LEAP_CLS_LAYERS",
-           "TRAIN_SAMPLERS"]
+__all__ = [
+    "add_leap_config", "load_config", "validate_config", "leap_settings", "defrosted", "resolve_device",
+    "ConfigError", "PEER_CONFIG", "WESNOTH_UNITS", "WESNOTH_CACHE",
+]
 
-#: Classification layers that accept a feature cloud (``leap_plugin.reid.layers``).
-LEAP_CLS_LAYERS = ("LeapCosSoftmax", "LeapArcSoftmax", "LeapLDAMSoftmax")
-#: fastreid's own training samplers plus ours (``leap_plugin.reid.sampler``).
-TRAIN_SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler",
-                  "SetReWeightSampler", "ImbalancedDatasetSampler", "LongTailIdentitySampler")
+#: Where the RGB composites of Wesnoth's sprites are cached.
+WESNOTH_CACHE = "~/.cache/leap_plugin/wesnoth"
+
+#: ``MODEL.HEADS.<node>.<KEY>`` of each count-aware peer method's options
+#: (:data:`leap_plugin.core.longtail.COUNT_METHODS`, whose defaults they take).
+PEER_CONFIG = {
+    "ldam": ("LDAM", {"max_m": "MAX_M"}),
+    "balanced_softmax": ("LOGIT_ADJUST", {"tau": "TAU"}),
+    "adaptive_arc": ("ADAPTIVE_ARC", {"a": "A", "lam": "LAMBDA", "b": "B"}),
+}
+
+# One plain line per key: (node, key, default, meaning). LEAP's own keys come from
+# core.settings.LeapSettings, the peer methods' from core.longtail.COUNT_METHODS.
+_KEYS = (
+    ("DATASETS.LONG_TAIL", "ENABLED", False, "apply the <H_n, S_k> split to the training set"),
+    ("DATASETS.LONG_TAIL", "HEAD", 20, "n: the identities with most images kept whole"),
+    ("DATASETS.LONG_TAIL", "TAIL_SAMPLES", 5, "k: every other identity reduced to exactly k images"),
+    ("DATASETS.LONG_TAIL", "TAIL_CLASSES", -1, "-1: all remaining identities; b >= 0: only the next b"),
+    ("DATASETS.LONG_TAIL", "SEED", 0, "which k images are kept"),
+    ("DATASETS.FOLDER", "DIR", "", "LeapFolder: one sub-folder per identity"),
+    ("DATASETS.FOLDER", "CAMERA_PATTERN", "", "regex with one group: the camera id in a file name"),
+    ("DATASETS.FOLDER", "TEST_FRACTION", 0.5, "fraction of the identities held out for query / gallery"),
+    ("DATASETS.FOLDER", "QUERY_PER_ID", 1, "queries per test identity"),
+    ("DATASETS.FOLDER", "SEED", 0, "seed of the identity and query draws"),
+    ("DATASETS.WESNOTH", "UNITS_ROOT", WESNOTH_UNITS, "WesnothSprites: the units folder"),
+    ("DATASETS.WESNOTH", "CACHE_DIR", WESNOTH_CACHE, "where the RGB composites are kept"),
+    ("DATASETS.WESNOTH", "BACKGROUND", [128, 128, 128], "RGB colour under transparent pixels"),
+    ("DATASETS.WESNOTH", "TEST_FRACTION", 0.5, "fraction of the identities held out for query / gallery"),
+    ("DATASETS.WESNOTH", "QUERY_PER_ID", 1, "queries per test identity"),
+    ("DATASETS.WESNOTH", "SEED", 0, "seed of the identity and query draws"),
+    ("DATALOADER", "LONG_TAIL_Q", 0.5, "LongTailIdentitySampler: identity drawn with probability ~ K_i^q"),
+    ("MODEL.LOSSES.CLASS_BALANCED", "ENABLED", False, "effective-number weights (Cui et al. 2019)"),
+    ("MODEL.LOSSES.CLASS_BALANCED", "BETA", 0.9999, "beta of Cui et al. (and LDAM-DRW)"),
+    ("MODEL.LOSSES.CLASS_BALANCED", "START_EPOCH", 0, "> 0: deferred re-weighting (DRW)"),
+    ("", "LOG_PERIOD", 20, "iterations between console / metrics.json writes (fastreid: 200)"),
+    ("", "SEED", -1, ">= 0: seed every RNG (fastreid otherwise draws a random seed)"),
+)
 
 
-def add_leap_config(cfg: CN) -> CN:
-    """Add ``MODEL.HEADS.LEAP.*``, ``DATASETS.LONG_TAIL.*`` and the sampler / dataset keys
-    to ``cfg`` (in place, idempotent; existing values are kept). Returns ``cfg``."""
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    set_default(cfg.MODEL.HEADS, "LEAP", CN())
-    # MODEL.HEADS.LEAP.<NAME> for every field of core.settings.LeapSettings (meaning there).
-    for name in LeapSettings.names():
-        set_default(cfg.MODEL.HEADS.LEAP, name.upper(), getattr(DEFAULTS, name))
-    set_default(cfg.DATASETS, "LONG_TAIL", CN())
-    for key, value in (("ENABLED", False), ("HEAD", 20), ("TAIL_SAMPLES", 5), ("TAIL_CLASSES", -1),
-                       ("SEED", 0)):
-        set_default(cfg.DATASETS.LONG_TAIL, key, value)
-    set_default(cfg.DATALOADER, "LONG_TAIL_Q", 0.5)  # identity drawn with probability ~ K_i^q
-    set_default(cfg, "LOG_PERIOD", 20)  # iterations between console / metrics.json writes
-    set_default(cfg, "SEED", -1)  # >= 0: seed every RNG (fastreid otherwise draws a random seed)
-    from .datasets import add_dataset_config
-    from .peers import add_peer_config
-
-    add_dataset_config(cfg)
-    add_peer_config(cfg)
-    if frozen:
-        cfg.freeze()
-    return cfg
+def _node(cfg: CN, path: str) -> CN:
+    node = cfg
+    for name in filter(None, path.split(".")):
+        if name not in node:
+            node[name] = CN()
+        node = node[name]
+    return node
 
 
-def set_default(node: CN, key: str, value: Any) -> None:
+def registered(registry) -> list[str]:
+    """The names in one of fastreid's registries (they support neither ``in`` nor listing)."""
+    return sorted(registry._obj_map)
+
+
+def _set_default(node: CN, key: str, value: Any) -> None:
     if key not in node:
         node[key] = value
 
 
+@contextlib.contextmanager
+def defrosted(cfg: CN) -> Iterator[CN]:
+    """``with defrosted(cfg):`` changes a possibly frozen config; its frozen state is kept."""
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    try:
+        yield cfg
+    finally:
+        if frozen:
+            cfg.freeze()
+
+
+def add_leap_config(cfg: CN) -> CN:
+    """Add every key of this plugin to ``cfg`` (in place, idempotent; existing values are
+    kept): ``MODEL.HEADS.LEAP.*``, the peer methods' ``MODEL.HEADS.<node>.*`` and
+    ``MODEL.LOSSES.CLASS_BALANCED.*``, ``DATASETS.LONG_TAIL.*``, ``DATASETS.FOLDER.*``,
+    ``DATASETS.WESNOTH.*``, ``DATALOADER.LONG_TAIL_Q``, ``LOG_PERIOD`` and ``SEED``. Returns ``cfg``."""
+    with defrosted(cfg):
+        leap = _node(cfg, "MODEL.HEADS.LEAP")
+        for name in LeapSettings.names():  # meanings: core.settings.LeapSettings
+            _set_default(leap, name.upper(), getattr(DEFAULTS, name))
+        for method, (node_name, keys) in PEER_CONFIG.items():
+            node = _node(cfg, f"MODEL.HEADS.{node_name}")
+            for option, default in COUNT_METHODS[method].options.items():
+                _set_default(node, keys[option], default)
+        for path, key, default, _meaning in _KEYS:
+            _set_default(_node(cfg, path), key, default)
+    return cfg
+
+
+def leap_settings(cfg: CN) -> LeapSettings:
+    """The checked ``MODEL.HEADS.LEAP`` settings (ConfigError naming the key on a bad value)."""
+    node = cfg.MODEL.HEADS.LEAP
+    return LeapSettings.from_mapping({key.lower(): node[key] for key in node},
+                                     key=lambda name: f"MODEL.HEADS.LEAP.{name.upper()}",
+                                     node="MODEL.HEADS.LEAP")
+
+
+def peer_options(cfg: CN, method: str) -> dict[str, float]:
+    """The options of a count-aware peer method from ``MODEL.HEADS.<node>``."""
+    node_name, keys = PEER_CONFIG[method]
+    return {option: float(cfg.MODEL.HEADS[node_name][key]) for option, key in keys.items()}
+
+
 def validate_config(cfg: CN) -> None:
-    """Fail early, with the key and the allowed values, on LEAP / long-tail / device
+    """Fail early, with the key and the allowed values, on LEAP / long-tail / peer / device
     settings that cannot work. Call after merging files and command-line overrides."""
+    from .layers import cloud_layers
+
     leap = leap_settings(cfg)
+    layer = cfg.MODEL.HEADS.CLS_LAYER
+    clouded = cloud_layers()
     if leap.enabled:
-        if cfg.MODEL.HEADS.CLS_LAYER not in LEAP_CLS_LAYERS:
-            fail("MODEL.HEADS.CLS_LAYER", cfg.MODEL.HEADS.CLS_LAYER,
-                  "LEAP perturbs cosine logits; with MODEL.HEADS.LEAP.ENABLED use one of "
-                  + ", ".join(LEAP_CLS_LAYERS))
+        if layer not in clouded:
+            fail("MODEL.HEADS.CLS_LAYER", layer, "LEAP perturbs cosine logits; with MODEL.HEADS.LEAP.ENABLED "
+                 "use one of " + ", ".join(clouded))
         if cfg.MODEL.HEADS.NAME != "LeapHead":
             fail("MODEL.HEADS.NAME", cfg.MODEL.HEADS.NAME,
-                  "with MODEL.HEADS.LEAP.ENABLED use 'LeapHead' (it feeds the features to LEAP)")
+                 "with MODEL.HEADS.LEAP.ENABLED use 'LeapHead' (it feeds the features to LEAP)")
+    elif layer in clouded:
+        fail("MODEL.HEADS.LEAP.ENABLED", False,
+             f"MODEL.HEADS.CLS_LAYER {layer} is a LEAP layer and would train without its feature cloud: "
+             "set MODEL.HEADS.LEAP.ENABLED True (with MODEL.HEADS.NAME LeapHead), or use the stock layer "
+             "(CosSoftmax / ArcSoftmax)")
 
     lt = cfg.DATASETS.LONG_TAIL
     check_int("DATASETS.LONG_TAIL.HEAD", lt.HEAD, 0)
@@ -76,27 +156,71 @@ def validate_config(cfg: CN) -> None:
     check_int("DATASETS.LONG_TAIL.TAIL_CLASSES", lt.TAIL_CLASSES, -1)
     check_int("DATASETS.LONG_TAIL.SEED", lt.SEED, 0)
 
-    from .peers import validate_peer_config
+    for method, (node_name, keys) in PEER_CONFIG.items():
+        for key in keys.values():
+            check_number(f"MODEL.HEADS.{node_name}.{key}", cfg.MODEL.HEADS[node_name][key], 0.0)
+    cb = cfg.MODEL.LOSSES.CLASS_BALANCED
+    check_number("MODEL.LOSSES.CLASS_BALANCED.BETA", cb.BETA, 0.0, 1.0,
+                 hint="0 no re-weighting, 0.9999 the papers' default")
+    if cb.BETA == 1.0:
+        fail("MODEL.LOSSES.CLASS_BALANCED.BETA", cb.BETA, "use a number in [0, 1): beta = 1 divides by zero")
+    check_int("MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", cb.START_EPOCH, 0)
+    if cb.ENABLED:
+        from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 
-    validate_peer_config(cfg)
+        from .peers import LongTailBaseline
+
+        arch = cfg.MODEL.META_ARCHITECTURE
+        if arch not in registered(META_ARCH_REGISTRY) or not issubclass(META_ARCH_REGISTRY.get(arch), LongTailBaseline):
+            fail("MODEL.META_ARCHITECTURE", arch, "use 'LongTailBaseline' (MODEL.LOSSES.CLASS_BALANCED needs its loss)")
+        if "CrossEntropyLoss" not in cfg.MODEL.LOSSES.NAME:
+            fail("MODEL.LOSSES.NAME", cfg.MODEL.LOSSES.NAME,
+                 "MODEL.LOSSES.CLASS_BALANCED re-weights the cross-entropy: include 'CrossEntropyLoss'")
+        if cfg.MODEL.LOSSES.CE.EPSILON < 0:
+            fail("MODEL.LOSSES.CE.EPSILON", cfg.MODEL.LOSSES.CE.EPSILON,
+                 "with MODEL.LOSSES.CLASS_BALANCED use a fixed label smoothing >= 0 (not the adaptive one)")
+
+    from .sampler import TRAIN_SAMPLERS
 
     check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
     check_int("SEED", cfg.SEED, -1)
-    check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, TRAIN_SAMPLERS)
+    check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, sorted(TRAIN_SAMPLERS))
     check_number("DATALOADER.LONG_TAIL_Q", cfg.DATALOADER.LONG_TAIL_Q, 0.0,
                  hint="1 natural, 0.5 square-root, 0 class-balanced")
 
     if not torch.cuda.is_available():
         if cfg.SOLVER.AMP.ENABLED:
             fail("SOLVER.AMP.ENABLED", True,
-                  "fastreid's AMP trainer needs CUDA and this machine has none; set it to False")
+                 "fastreid's AMP trainer needs CUDA and this machine has none; set it to False")
         if cfg.TEST.RERANK.ENABLED:
             fail("TEST.RERANK.ENABLED", True,
-                  "fastreid's re-ranking moves features to CUDA and this machine has none; set it to False")
+                 "fastreid's re-ranking moves features to CUDA and this machine has none; set it to False")
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()):
-    """Defaults + LEAP keys, then the file, then ``KEY VALUE`` overrides; validated.
+def resolve_device(cfg: CN) -> None:
+    """fastreid configs say ``MODEL.DEVICE: cuda``; on a machine without CUDA run the same
+    code on the CPU instead of failing in ``model.to('cuda')``."""
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        with defrosted(cfg):
+            cfg.MODEL.DEVICE = "cpu"
+
+
+def prepare_config(cfg: CN) -> CN:
+    """What every entry point does to a merged config before use: the CPU fallback of
+    ``MODEL.DEVICE``, :func:`validate_config` and the offline ImageNet weights token of
+    ``MODEL.BACKBONE.PRETRAIN_PATH``. Returns ``cfg``."""
+    from .pretrained import resolve_pretrained
+
+    resolve_device(cfg)
+    validate_config(cfg)
+    resolve_pretrained(cfg)
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """fastreid's defaults with this plugin's keys, then the file, then ``KEY VALUE``
+    overrides; prepared (:func:`prepare_config`).
 
     Raises:
         ConfigError: naming the file, key or value at fault.
@@ -113,29 +237,4 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
         cfg.merge_from_list(list(opts or []))
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"command-line override: {e}") from e
-    resolve_device(cfg)
-    validate_config(cfg)
-    from .pretrained import resolve_pretrained
-
-    resolve_pretrained(cfg)
-    return cfg
-
-
-def leap_settings(cfg: CN) -> LeapSettings:
-    """The checked ``MODEL.HEADS.LEAP`` settings (ConfigError naming the key on a bad value)."""
-    node = cfg.MODEL.HEADS.LEAP
-    return LeapSettings.from_mapping({key.lower(): node[key] for key in node},
-                                     key=lambda name: f"MODEL.HEADS.LEAP.{name.upper()}",
-                                     node="MODEL.HEADS.LEAP")
-
-
-def resolve_device(cfg: CN) -> None:
-    """fastreid configs say ``MODEL.DEVICE: cuda``; on a machine without CUDA run the same
-    code on the CPU instead of failing in ``model.to('cuda')``."""
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        frozen = cfg.is_frozen()
-        cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
-        if frozen:
-            cfg.freeze()
+    return prepare_config(cfg)

@@ -4,8 +4,8 @@ Both are registered in ``DATASET_REGISTRY`` on import. The training identities a
 test identities are disjoint (``TEST_FRACTION`` of them tested, seeded); train pids and
 camids carry the dataset name, as fastreid's own datasets do, and query / gallery use int
 pids and camids. Their config keys live under ``DATASETS.FOLDER`` and
-``DATASETS.WESNOTH`` (:func:`add_dataset_config`); :func:`dataset_kwargs` turns them into
-constructor arguments.
+``DATASETS.WESNOTH`` (declared in :mod:`leap_plugin.reid.config`); :func:`build_dataset`
+builds any registered data set from a config, ours with those keys.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from fastreid.data.datasets import DATASET_REGISTRY  # noqa: E402
 from fastreid.data.datasets.bases import ImageDataset  # noqa: E402
 
 from ..data.folders import (  # noqa: E402
-    WESNOTH_UNITS,
     Sample,
     camera_regex,
     check_fraction,
@@ -32,29 +31,17 @@ from ..data.folders import (  # noqa: E402
     split_identities,
     split_query_gallery,
 )
-from ..data.longtail import require_int  # noqa: E402
-from ..validation import ConfigError  # noqa: E402
-from .config import set_default  # noqa: E402
+from ..validation import ConfigError, require_int  # noqa: E402
+from .config import WESNOTH_CACHE, WESNOTH_UNITS, registered  # noqa: E402
 
-__all__ = ["LeapFolder", "WesnothSprites", "add_dataset_config", "dataset_kwargs"]
-
-WESNOTH_CACHE = "~/.cache/leap_plugin/wesnoth"
-
-_DEFAULTS = {
-    "FOLDER": {"DIR": "", "CAMERA_PATTERN": "", "TEST_FRACTION": 0.5, "QUERY_PER_ID": 1, "SEED": 0},
-    "WESNOTH": {"UNITS_ROOT": WESNOTH_UNITS, "CACHE_DIR": WESNOTH_CACHE, "BACKGROUND": [128, 128, 128],
-                "TEST_FRACTION": 0.5, "QUERY_PER_ID": 1, "SEED": 0},
-}
+__all__ = ["LeapFolder", "WesnothSprites", "datasets_root", "dataset_kwargs", "build_dataset"]
 
 
-def add_dataset_config(cfg: CN) -> CN:
-    """Add the ``DATASETS.FOLDER.*`` and ``DATASETS.WESNOTH.*`` keys to an unfrozen ``cfg``
-    (in place, idempotent; existing values are kept). Returns ``cfg``."""
-    for group, defaults in _DEFAULTS.items():
-        set_default(cfg.DATASETS, group, CN())
-        for key, value in defaults.items():
-            set_default(cfg.DATASETS[group], key, value)
-    return cfg
+def datasets_root() -> str:
+    """fastreid's data sets root: ``$FASTREID_DATASETS``, default ``./datasets``."""
+    import fastreid.data.build as data_build
+
+    return data_build._root
 
 
 def dataset_kwargs(cfg: CN, name: str) -> dict[str, Any]:
@@ -62,6 +49,14 @@ def dataset_kwargs(cfg: CN, name: str) -> dict[str, Any]:
     (``{}`` for datasets without ``kwargs_from_config``, e.g. fastreid's own)."""
     from_config = getattr(DATASET_REGISTRY.get(name), "kwargs_from_config", None)
     return from_config(cfg) if from_config is not None else {}
+
+
+def build_dataset(cfg: CN, name: str) -> ImageDataset:
+    """The registered data set ``name`` as configured; an unknown name is a ConfigError
+    listing the registered ones."""
+    if name not in registered(DATASET_REGISTRY):
+        raise ConfigError(f"DATASETS: unknown data set {name!r}; registered: {', '.join(registered(DATASET_REGISTRY))}")
+    return DATASET_REGISTRY.get(name)(root=datasets_root(), **dataset_kwargs(cfg, name))
 
 
 def _config_value(cfg: CN, group: str, key: str, check: Callable[[Any, str], Any]) -> Any:

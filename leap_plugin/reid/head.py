@@ -5,7 +5,9 @@ In training it updates the class centers and angle memory from the neck features
 (Eq. 3-5) and passes each sample's cloud variance to the classification layer
 (Eq. 7-8). When the updates happen and when the cloud starts is decided by
 :class:`leap_plugin.reid.hooks.LeapHook` through :attr:`update_memory` and
-:attr:`cloud_active`.
+:attr:`cloud_active`; fastreid's trainer attaches it, and hands the head K_i, after
+``import leap_plugin``. A LeapHead that would train without either fails at its first
+training step instead of training plain CosFace under a LEAP label.
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ class LeapHead(EmbeddingHead):
             leap = dict(leap)
             self.cls_layer.alpha_mode = leap.pop("alpha_mode")
             self.memory = LeapMemory(self.weight.shape[0], self.weight.shape[1], **leap)
-        # Set by LeapHook each iteration; without the hook the memory still fills but no cloud is built.
-        self.update_memory = True
+        # Set by LeapHook around each training step. Driving the head by hand (tests, your own
+        # loop): set hook_attached = True and these two flags yourself.
+        self.update_memory = False
         self.cloud_active = False
+        self.hook_attached = False
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -52,6 +56,16 @@ class LeapHead(EmbeddingHead):
         if not self.training or self.memory is None:
             return super().forward(features, targets)
 
+        if not self.hook_attached:
+            raise RuntimeError(
+                "LeapHead is training without LeapHook, so its feature cloud would never switch on: train "
+                "with fastreid's DefaultTrainer (or a subclass that keeps super().build_hooks()) after "
+                "`import leap_plugin`, or set MODEL.HEADS.LEAP.ENABLED False")
+        if not self.memory.has_counts:
+            raise RuntimeError(
+                "LeapHead has no class counts K_i (Eq. 5), so no class could ever be clouded: train with "
+                "fastreid's DefaultTrainer after `import leap_plugin` (it hands them over), or call "
+                "model.heads.memory.set_class_counts(counts) before training")
         pool_feat = self.pool_layer(features)
         neck_feat = self.bottleneck(pool_feat)[..., 0, 0]
         if self.update_memory:

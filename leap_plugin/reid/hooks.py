@@ -1,16 +1,18 @@
-"""``LeapHook``: when the LEAP state is updated, when the feature cloud starts, and
-what reaches fastreid's EventStorage (so TensorBoard, metrics.json and the console)."""
+"""Hooks for fastreid's trainer: :class:`LeapHook` (when the LEAP state is updated, when
+the feature cloud starts, what reaches fastreid's EventStorage: TensorBoard, metrics.json,
+the console) and :class:`EpochHook` (the epoch for epoch-aware modules, e.g. DRW)."""
 from __future__ import annotations
 
 import logging
 import math
 from typing import Sequence
 
+import torch
 from fastreid.engine.train_loop import HookBase
 
 from .head import LeapHead
 
-__all__ = ["LeapHook"]
+__all__ = ["LeapHook", "EpochHook", "epoch_aware_modules"]
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
@@ -20,10 +22,11 @@ class LeapHook(HookBase):
 
     - before each step: the cloud is on iff ``trainer.epoch >= start_epoch``; centers and
       memory are updated on iterations that are multiples of ``center_update_period``.
-    - after each step, every ``stats_period`` iterations: per-class statistics and cloud
-      widths are refreshed and head vs tail angular mean / variance, the number of
-      clouded classes and the mean cloud width are put into the EventStorage.
-    - every ``log_period`` iterations those figures are also logged to the console.
+    - after each step both are off again, so that forward passes between training steps
+      (PreciseBN, evaluation) never touch the LEAP state; every ``stats_period`` iterations
+      the per-class statistics and cloud widths are refreshed and head vs tail angular
+      mean / variance, the number of clouded classes and the mean cloud width are put into
+      the EventStorage, and logged to the console every ``log_period`` iterations.
     """
 
     def __init__(self, heads: Sequence[LeapHead], start_epoch: int, center_update_period: int = 1,
@@ -33,6 +36,12 @@ class LeapHook(HookBase):
         self.center_update_period = center_update_period
         self.stats_period = stats_period
         self.log_period = log_period
+        self._said_no_head = False
+        self._dropped = [0] * len(self.heads)
+
+    def before_train(self) -> None:
+        for head in self.heads:
+            head.hook_attached = True
 
     def before_step(self) -> None:
         cloud = self.trainer.epoch >= self.start_epoch
@@ -42,19 +51,47 @@ class LeapHook(HookBase):
             head.update_memory = update
 
     def after_step(self) -> None:
+        for head in self.heads:
+            head.update_memory = False
+            head.cloud_active = False
         it = self.trainer.iter + 1
         if it % self.stats_period:
             return
         for i, head in enumerate(self.heads):
-            head.memory.refresh_statistics()
-            summary = head.memory.summary()
-            summary["leap/cloud_active"] = float(head.cloud_active)
+            memory = head.memory
+            memory.refresh_statistics()
+            summary = memory.summary()
+            summary["leap/cloud_active"] = float(self.trainer.epoch >= self.start_epoch)
             prefix = "" if len(self.heads) == 1 else f"head{i}/"
             finite = {prefix + k: v for k, v in summary.items() if math.isfinite(v)}
             self.trainer.storage.put_scalars(**finite, smoothing_hint=False)
+            if not self._said_no_head and not bool((memory.class_counts > memory.tail_threshold).any()):
+                logger.info("LEAP: no class has more than TAIL_THRESHOLD = %d training images, so there are "
+                            "no head classes and no leap/head_* statistics", memory.tail_threshold)
+                self._said_no_head = True
+            if memory.dropped_rows > self._dropped[i]:
+                logger.warning("LEAP: %d non-finite feature rows left out of the centers and the angle memory "
+                               "so far (%d new)", memory.dropped_rows, memory.dropped_rows - self._dropped[i])
+                self._dropped[i] = memory.dropped_rows
             if it % self.log_period == 0:
                 logger.info("iter %d LEAP %s", it, " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
 
     def after_train(self) -> None:
         for head in self.heads:
             head.cloud_active = False
+
+
+def epoch_aware_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of ``model`` (DDP-wrapped or not) that have ``set_epoch``."""
+    return [m for m in model.modules() if hasattr(m, "set_epoch")]
+
+
+class EpochHook(HookBase):
+    """Before each epoch, calls ``set_epoch(trainer.epoch)`` on the given modules."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module]):
+        self.modules = list(modules)
+
+    def before_epoch(self) -> None:
+        for module in self.modules:
+            module.set_epoch(self.trainer.epoch)

@@ -16,6 +16,8 @@ import torch
 from fastreid.modeling.backbones.mobilenet import MobileNetV2
 
 from ..io import atomic_write
+from ..validation import ConfigError
+from .config import defrosted
 
 __all__ = ["DEEP_SORT_TOKEN", "deep_sort_weights_file", "fastreid_mobilenetv2_weights", "resolve_pretrained"]
 
@@ -62,12 +64,7 @@ def resolve_pretrained(cfg) -> None:
     if not (bb.PRETRAIN and bb.PRETRAIN_PATH == DEEP_SORT_TOKEN):
         return
     if bb.NAME != "build_mobilenetv2_backbone" or bb.DEPTH != "1.0x":
-        from .config import ConfigError
-
         raise ConfigError(f"MODEL.BACKBONE.PRETRAIN_PATH = {DEEP_SORT_TOKEN!r} holds MobileNetV2 1.0x weights: "
                           f"use it with NAME build_mobilenetv2_backbone, DEPTH 1.0x (got {bb.NAME}, {bb.DEPTH})")
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    bb.PRETRAIN_PATH = fastreid_mobilenetv2_weights()
-    if frozen:
-        cfg.freeze()
+    with defrosted(cfg):
+        bb.PRETRAIN_PATH = fastreid_mobilenetv2_weights()

@@ -1,21 +1,87 @@
-"""``LongTailIdentitySampler``: P identities x K instances, identity i drawn with
-probability proportional to ``K_i ** q`` (``DATALOADER.LONG_TAIL_Q``).
+"""Training samplers by name (``DATALOADER.SAMPLER_TRAIN``): fastreid's five and
+``LongTailIdentitySampler``, in the registry :data:`TRAIN_SAMPLERS` that fastreid's trainer
+uses after ``import leap_plugin`` (fastreid itself chooses with an if/elif).
 
-q = 1 follows the natural distribution of images, q = 0 is class-balanced and
-q = 0.5 the square-root re-sampling in between. Distributed: every rank draws the
-same global batch from a shared seed and takes its own slice, as fastreid's
-identity samplers do.
+``LongTailIdentitySampler``: P identities x K instances, identity i drawn with
+probability proportional to ``K_i ** q`` (``DATALOADER.LONG_TAIL_Q``). q = 1 follows the
+natural distribution of images, q = 0 is class-balanced and q = 0.5 the square-root
+re-sampling in between. Distributed: every rank draws the same global batch from a
+shared seed and takes its own slice, as fastreid's identity samplers do.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+from fastreid.data import samplers
 from fastreid.utils import comm
 from torch.utils.data import Sampler
 
-__all__ = ["LongTailIdentitySampler", "identity_probabilities"]
+from ..validation import ConfigError
+
+__all__ = ["LongTailIdentitySampler", "identity_probabilities", "TRAIN_SAMPLERS", "register_sampler",
+           "build_train_sampler"]
+
+#: name -> ``factory(cfg, train_set, mini_batch_size) -> Sampler``.
+TRAIN_SAMPLERS: dict[str, Callable] = {}
+
+
+def register_sampler(name: str, identity: bool = True) -> Callable[[Callable], Callable]:
+    """Register a sampler factory; ``identity``: it draws P identities x K images per batch,
+    so the training set must have at least P identities (else fastreid's identity samplers
+    loop forever looking for a batch)."""
+    def wrap(factory: Callable) -> Callable:
+        factory.identity = identity
+        TRAIN_SAMPLERS[name] = factory
+        return factory
+    return wrap
+
+
+def build_train_sampler(cfg, train_set) -> Sampler:
+    """The training sampler ``DATALOADER.SAMPLER_TRAIN`` names, after checking that the
+    training set can fill a batch."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name not in TRAIN_SAMPLERS:
+        raise ConfigError(f"DATALOADER.SAMPLER_TRAIN = {name!r} is not allowed: use one of "
+                          + ", ".join(repr(n) for n in sorted(TRAIN_SAMPLERS)))
+    factory = TRAIN_SAMPLERS[name]
+    mini_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    if factory.identity:
+        needed = mini_batch // cfg.DATALOADER.NUM_INSTANCE * comm.get_world_size()
+        identities = len({item[1] for item in train_set.img_items})
+        if identities < max(needed, 1):
+            raise ConfigError(
+                f"DATALOADER.SAMPLER_TRAIN {name} draws {needed} identities per batch (SOLVER.IMS_PER_BATCH "
+                f"{cfg.SOLVER.IMS_PER_BATCH} / DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}) but the "
+                f"training set has {identities}: lower SOLVER.IMS_PER_BATCH or raise DATALOADER.NUM_INSTANCE")
+    return factory(cfg, train_set, mini_batch)
+
+
+@register_sampler("TrainingSampler", identity=False)
+def _training(cfg, train_set, mini_batch):
+    return samplers.TrainingSampler(len(train_set))
+
+
+@register_sampler("NaiveIdentitySampler")
+def _naive(cfg, train_set, mini_batch):
+    return samplers.NaiveIdentitySampler(train_set.img_items, mini_batch, cfg.DATALOADER.NUM_INSTANCE)
+
+
+@register_sampler("BalancedIdentitySampler")
+def _balanced(cfg, train_set, mini_batch):
+    return samplers.BalancedIdentitySampler(train_set.img_items, mini_batch, cfg.DATALOADER.NUM_INSTANCE)
+
+
+@register_sampler("SetReWeightSampler")
+def _set_reweight(cfg, train_set, mini_batch):
+    return samplers.SetReWeightSampler(train_set.img_items, mini_batch, cfg.DATALOADER.NUM_INSTANCE,
+                                       cfg.DATALOADER.SET_WEIGHT)
+
+
+@register_sampler("ImbalancedDatasetSampler", identity=False)
+def _imbalanced(cfg, train_set, mini_batch):
+    return samplers.ImbalancedDatasetSampler(train_set.img_items)
 
 
 def identity_probabilities(counts: Sequence[int], q: float) -> np.ndarray:
@@ -69,3 +135,9 @@ class LongTailIdentitySampler(Sampler):
                 for i in ids
             ])
             yield from batch[lo:lo + self.mini_batch_size].tolist()
+
+
+@register_sampler("LongTailIdentitySampler")
+def _long_tail(cfg, train_set, mini_batch):
+    return LongTailIdentitySampler(train_set.img_items, mini_batch, cfg.DATALOADER.NUM_INSTANCE,
+                                   q=cfg.DATALOADER.LONG_TAIL_Q)

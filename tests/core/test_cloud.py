@@ -4,24 +4,9 @@ import math
 import pytest
 import torch
 
+import reference
+
 from leap_plugin.core.cloud import COS_EPS, arcface_logits, clouded_logits, cosface_logits, perturbed_cos, sample_alpha
-
-
-def reference(cos, labels, scale, margin, alpha, kind):
-    """Per-element Eq. 7 (kind='cos') / Eq. 8 (kind='arc') with Python floats."""
-    n, c = cos.shape
-    out = torch.empty(n, c, dtype=torch.float64)
-    for i in range(n):
-        for j in range(c):
-            a = float(alpha[i, j if alpha.shape[1] > 1 else 0])
-            theta = math.acos(min(max(float(cos[i, j]), -1 + COS_EPS), 1 - COS_EPS))
-            target = int(labels[i]) == j
-            t = theta + a + (margin if kind == "arc" and target else 0.0)
-            value = math.cos(min(max(t, 0.0), math.pi))
-            if kind == "cos" and target:
-                value -= margin
-            out[i, j] = scale * value
-    return out
 
 
 @pytest.mark.parametrize("mode_cols", [7, 1])
@@ -37,7 +22,7 @@ def test_fixed_alpha_matches_hand_computation(kind, mode_cols):
     fn = cosface_logits if kind == "cos" else arcface_logits
     margin = 0.2
     got = fn(cos, labels, 24.0, margin, alpha)
-    want = reference(cos, labels, 24.0, margin, alpha, kind)
+    want = reference.margin_logits(cos, labels, 24.0, kind, margin, alpha)
     torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=1e-5)
 
 

@@ -15,7 +15,8 @@ from fastreid.data.datasets import DATASET_REGISTRY  # noqa: E402
 from leap_plugin.data.folders import WESNOTH_UNITS, composite_rgba, pose_family, scan_folder, scan_wesnoth  # noqa: E402
 from leap_plugin.data.longtail import split_summary  # noqa: E402
 from leap_plugin.reid.config import ConfigError  # noqa: E402
-from leap_plugin.reid.datasets import LeapFolder, WesnothSprites, add_dataset_config, dataset_kwargs  # noqa: E402
+from leap_plugin.reid.config import add_leap_config  # noqa: E402
+from leap_plugin.reid.datasets import LeapFolder, WesnothSprites, dataset_kwargs  # noqa: E402
 
 RED = (255, 0, 0)
 GREY = (128, 128, 128)
@@ -161,7 +162,7 @@ def test_missing_folder_names_the_path(tmp_path):
 
 
 def test_config_keys_and_kwargs(folder):
-    cfg = add_dataset_config(get_cfg())
+    cfg = add_leap_config(get_cfg())
     assert cfg.DATASETS.WESNOTH.BACKGROUND == [128, 128, 128] and cfg.DATASETS.FOLDER.TEST_FRACTION == 0.5
     cfg.DATASETS.FOLDER.DIR = folder
     cfg.DATASETS.FOLDER.CAMERA_PATTERN = r"_c(\d)_"

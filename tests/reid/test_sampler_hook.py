@@ -66,7 +66,7 @@ def test_hook_no_cloud_before_start_epoch_and_periodic_updates():
 
     from leap_plugin.reid.hooks import LeapHook
 
-    head = SimpleNamespace(cloud_active=None, update_memory=None, memory=None)
+    head = SimpleNamespace(cloud_active=None, update_memory=None, memory=None, hook_attached=False)
     from leap_plugin.core import LeapMemory
 
     head.memory = LeapMemory(3, 4, class_counts=[10, 2, 2])
@@ -75,12 +75,16 @@ def test_hook_no_cloud_before_start_epoch_and_periodic_updates():
     hook = LeapHook([head], start_epoch=2, center_update_period=3, stats_period=2)
     with EventStorage(0) as storage:
         hook.trainer = SimpleNamespace(epoch=0, iter=0, storage=storage)
+        hook.before_train()
+        assert head.hook_attached
         seen = []
         for epoch, it in [(0, 0), (0, 1), (1, 2), (2, 3), (3, 6)]:
             hook.trainer.epoch, hook.trainer.iter = epoch, it
             hook.before_step()
-            hook.after_step()
             seen.append((head.cloud_active, head.update_memory))
+            hook.after_step()
+            # between steps (PreciseBN, evaluation) nothing updates or clouds
+            assert (head.cloud_active, head.update_memory) == (False, False)
         assert seen == [(False, True), (False, False), (False, False), (True, True), (True, True)]
         latest = storage.latest()
         assert "leap/clouded_classes" in latest and "leap/cloud_width" in latest

@@ -23,11 +23,13 @@ def market(tmp_path_factory):
     return root
 
 
-def leap_train(market, *args, env_extra=None):
+def leap_train(market, *args, env_extra=None, script=None):
+    """``leap-train`` (or ``script``, e.g. a train_net.py) in a subprocess; a hang fails the test."""
     env = dict(os.environ, FASTREID_DATASETS=str(market / "datasets"), CUDA_VISIBLE_DEVICES="",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, TRAIN_NET, *args], cwd=market, env=env, text=True,
+    cmd = [sys.executable, script] if script else [sys.executable, "-m", "leap_plugin.cli.train"]
+    return subprocess.run([*cmd, *args], cwd=market, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
 
 
@@ -102,6 +104,7 @@ def test_one_step_changes_backbone_and_head_and_loss_falls(market):
 
     cfg = market_data.tiny_config(str(market / "steps.yml"), str(market / "out_steps"), epochs=1)
     trainer = in_process_trainer(market, cfg)
+    trainer.before_train()  # what trainer.train() does first: LeapHook attaches to the head
     model = trainer.model
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     with EventStorage(0) as storage:
