@@ -27,6 +27,9 @@ setup(
         "Cython",
         "numpy",
         "Pillow",
+        "scipy",
+        "threadpoolctl",
+        "gdown",
     ],
     extras_require={
         "gpu": ["faiss-gpu"],

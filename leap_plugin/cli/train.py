@@ -25,7 +25,7 @@ from fastreid.utils.checkpoint import Checkpointer
 from ..core.memory import LeapStateMismatch
 from ..io import FolderInUse, atomic_write
 from ..reid.checkpoint import load_weights
-from ..reid.compat.hardening import CheckpointReadError
+from ..reid.compat.hardening import CheckpointReadError, ImageReadError
 from ..reid.config import ConfigError, load_config
 from ..reid.datasets import build_dataset
 
@@ -34,7 +34,7 @@ __all__ = ["setup", "run", "main", "USER_ERRORS"]
 logger = logging.getLogger("leap_plugin")
 
 #: Errors that mean a bad input, not a bug: reported in one line, exit status 2.
-USER_ERRORS = (ConfigError, FileNotFoundError, FolderInUse, CheckpointReadError, LeapStateMismatch)
+USER_ERRORS = (ConfigError, FileNotFoundError, FolderInUse, CheckpointReadError, ImageReadError, LeapStateMismatch)
 
 
 def check_data(cfg) -> None:
@@ -87,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except USER_ERRORS as e:
-        print(f"leap-train: error: {e}", file=sys.stderr)
+        # A loader worker's error arrives with its traceback: its last line is the message.
+        print(f"leap-train: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     return 0
 

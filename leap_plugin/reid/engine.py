@@ -13,7 +13,8 @@ imported) adds to ``DefaultTrainer`` itself, so that upstream's ``tools/train_ne
   count-aware layers and ``LongTailBaseline``);
 - :class:`~leap_plugin.reid.hooks.LeapHook` for a LEAP head and
   :class:`~leap_plugin.reid.hooks.EpochHook` for epoch-aware modules; fastreid's writers
-  every ``LOG_PERIOD`` iterations (it hard-codes 200);
+  every ``LOG_PERIOD`` iterations (it hard-codes 200), and every evaluation written to
+  metrics.json and TensorBoard (:class:`~leap_plugin.reid.hooks.EvalResultsWriter`);
 - the test loader with the data sets' config keys and ``DATALOADER.NUM_WORKERS`` (fastreid
   hard-codes 4 workers);
 - ``resume_or_load``: a fine-tune from ``MODEL.WEIGHTS`` rebuilds a LEAP state built for
@@ -35,7 +36,7 @@ from fastreid.data.common import CommDataset
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import defaults as engine_defaults
 from fastreid.engine.defaults import DefaultTrainer
-from fastreid.engine.hooks import PeriodicWriter
+from fastreid.engine.hooks import EvalHook, PeriodicWriter
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 
@@ -47,7 +48,7 @@ from .compat.hardening import remove_stale_temporaries
 from .config import prepare_config
 from .datasets import build_dataset
 from .head import leap_heads
-from .hooks import EpochHook, LeapHook, epoch_aware_modules
+from .hooks import EpochHook, EvalResultsWriter, LeapHook, epoch_aware_modules
 from .sampler import build_train_sampler
 
 __all__ = ["LeapTrainer", "build_train_set", "class_counts", "hand_class_counts", "extend_fastreid"]
@@ -130,9 +131,12 @@ def _extend_build_hooks(original):
     @functools.wraps(original)
     def build_hooks(self):
         hooks = original(self)
-        for hook in hooks:
-            if isinstance(hook, PeriodicWriter):  # fastreid hard-codes 200 iterations
-                hook._period = self.cfg.LOG_PERIOD
+        writers = [hook for hook in hooks if isinstance(hook, PeriodicWriter)]
+        for hook in writers:  # fastreid hard-codes 200 iterations
+            hook._period = self.cfg.LOG_PERIOD
+        evals = [i for i, hook in enumerate(hooks) if isinstance(hook, EvalHook)]
+        if writers and evals:  # only the main process writes
+            hooks.insert(evals[0] + 1, EvalResultsWriter(writers[0]))
         heads = leap_heads(self.model)
         if heads:
             leap = self.cfg.MODEL.HEADS.LEAP

@@ -3,6 +3,7 @@ the feature cloud starts, what reaches fastreid's EventStorage: TensorBoard, met
 the console) and :class:`EpochHook` (the epoch for epoch-aware modules, e.g. DRW)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Sequence
@@ -12,7 +13,7 @@ from fastreid.engine.train_loop import HookBase
 
 from .head import LeapHead
 
-__all__ = ["LeapHook", "EpochHook", "epoch_aware_modules"]
+__all__ = ["LeapHook", "EpochHook", "EvalResultsWriter", "epoch_aware_modules"]
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
@@ -95,3 +96,42 @@ class EpochHook(HookBase):
     def before_epoch(self) -> None:
         for module in self.modules:
             module.set_epoch(self.trainer.epoch)
+
+
+class EvalResultsWriter(HookBase):
+    """Writes each evaluation to ``metrics.json`` and TensorBoard as it happens.
+
+    fastreid evaluates in ``after_epoch`` (and the final time in ``after_train``) and puts
+    the results into the EventStorage at the epoch's last iteration, which its writers
+    have already written; they skip it, so no evaluation ever reaches metrics.json or
+    TensorBoard. Placed right after fastreid's ``EvalHook``, this hook writes the new
+    results itself with the writers of ``periodic_writer``.
+    """
+
+    def __init__(self, periodic_writer):
+        self.writers = periodic_writer._writers
+        self._written = None
+
+    def _write_new_results(self) -> None:
+        from fastreid.evaluation.testing import flatten_results_dict
+        from fastreid.utils.events import JSONWriter, TensorboardXWriter
+
+        results = getattr(self.trainer, "_last_eval_results", None)
+        if not results or results is self._written:
+            return
+        self._written = results
+        scalars = {k: float(v) for k, v in flatten_results_dict(results).items()}
+        step = self.trainer.iter
+        for writer in self.writers:
+            if isinstance(writer, JSONWriter):
+                writer._file_handle.write(json.dumps({**scalars, "iteration": step}, sort_keys=True) + "\n")
+                writer._file_handle.flush()
+            elif isinstance(writer, TensorboardXWriter):
+                for key, value in scalars.items():
+                    writer._writer.add_scalar(key, value, step)
+
+    def after_epoch(self) -> None:
+        self._write_new_results()
+
+    def after_train(self) -> None:
+        self._write_new_results()

@@ -14,7 +14,7 @@ from ...io import atomic_write
 from ._registry import patch
 
 __all__ = [
-    "CheckpointReadError", "patch_atomic_checkpoint", "patch_resume_fallback", "patch_image_reading",
+    "CheckpointReadError", "ImageReadError", "patch_atomic_checkpoint", "patch_resume_fallback", "patch_image_reading",
     "patch_loader_errors", "patch_short_run_printer", "patch_pretrained_download", "remove_stale_temporaries",
 ]
 
@@ -23,6 +23,10 @@ logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger ha
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, not a torch file, missing)."""
+
+
+class ImageReadError(RuntimeError):
+    """A data set image that cannot be decoded in full (missing, empty, truncated, corrupt)."""
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
@@ -135,7 +139,7 @@ def patch_image_reading() -> None:
         try:
             image = original(file_name, format)
         except (OSError, ValueError, SyntaxError) as e:
-            raise RuntimeError(f"image {file_name!r} is missing, empty, truncated or not an image: {e}") from e
+            raise ImageReadError(f"image {file_name!r} is missing, empty, truncated or not an image: {e}") from e
         return image.convert("RGB") if format is None and image.mode != "RGB" else image
 
     def check_before_run(self, required_files):
