@@ -13,6 +13,8 @@ setup(
     description="Learnable Embedding Augmentation (feature cloud) for fastreid and insightface",
     python_requires=">=3.10",
     packages=find_packages(include=["leap_plugin", "leap_plugin.*"]),
+    # the shipped configs travel with the package (configs/ at the top is a link to them)
+    package_data={"leap_plugin": ["configs/*.yml", "configs/*/*.yml", "configs/*/*.py"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",

@@ -17,13 +17,14 @@ import time
 from typing import Optional, Sequence
 
 from .io import atomic_write
+from .resources import CONFIGS
 
 __all__ = ["ROOT", "SPRITE_CONFIGS", "SETTINGS", "METRICS", "machine_info", "machine_id", "code_commit",
            "eval_results", "train_run"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The sprite demo / benchmark configs (``configs/Wesnoth``).
-SPRITE_CONFIGS = os.path.join(ROOT, "configs", "Wesnoth")
+SPRITE_CONFIGS = os.path.join(CONFIGS, "Wesnoth")
 
 #: The sprite data settings: the natural distribution and the paper's <H20, S_k> splits.
 SETTINGS = {
@@ -137,7 +138,7 @@ def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str]
         seconds = round(time.time() - start, 1)
     elif not os.path.isfile(os.path.join(output_dir, "eval_results.json")):
         _leap_train(label, output_dir, ["--eval-only", *base, "MODEL.WEIGHTS", final], "eval.log", threads)
-    result = {"label": label, "config": os.path.relpath(config, ROOT), "overrides": list(overrides),
+    result = {"label": label, "config": os.path.relpath(config, CONFIGS), "overrides": list(overrides),
               "seconds": seconds, **eval_results(output_dir), "machine": machine_info(threads),
               "commit": code_commit(), "leap": _leap_keys(config, overrides)}
     atomic_write(done, lambda f: f.write(json.dumps(result, indent=1).encode()))

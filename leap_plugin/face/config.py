@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, Iterable, Optional, Sequence
 
 from ..core import DEFAULTS, LeapSettings
+from ..resources import find_config
 from ..validation import ConfigError, check_choice, check_int, fail
 from .backbones import BACKBONES
 from .longtail import LONG_TAIL_METHODS
@@ -91,6 +92,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str, overrides: Sequence[str] = ()) -> SimpleNamespace:
     """Load and validate a config file; ``overrides`` are ``key=value`` strings
     (``leap.start_epoch=2``), values parsed as Python literals."""
+    path = find_config(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     namespace = runpy.run_path(path)

@@ -18,6 +18,7 @@ from fastreid.config import get_cfg
 from ..core import DEFAULTS, LeapSettings
 from ..core.longtail import COUNT_METHODS
 from ..data.folders import WESNOTH_UNITS
+from ..resources import find_config
 from ..validation import ConfigError, check_choice, check_int, check_number, fail
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
@@ -227,6 +228,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """
     cfg = get_cfg()
     if config_file:
+        config_file = find_config(config_file)
         if not os.path.isfile(config_file):
             raise ConfigError(f"--config-file {config_file!r} does not exist")
         try:
