@@ -46,6 +46,7 @@ setup(
             "leap-analyze = leap_plugin.cli.analyze:main",
             "leap-demo = leap_plugin.cli.demo:main",
             "leap-face-train = leap_plugin.cli.face_train:main",
+            "leap-face-counts = leap_plugin.cli.face_counts:main",
             "leap-export = leap_plugin.cli.export:main",
         ],
     },

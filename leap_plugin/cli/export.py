@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..face.backbones import INPUT_SIZE, build_backbone
+from ..face.backbones import INPUT_SIZE, build_backbone, load_backbone_weights
 
 __all__ = ["export_onnx", "onnx_agreement", "export_face", "export_reid", "insightface_agreement", "main"]
 
@@ -94,26 +94,16 @@ def insightface_agreement(model: nn.Module, path: str, images_bgr: Sequence[np.n
     return worst
 
 
-def _load_face_weights(weights: str) -> dict:
-    """A backbone state dict from ``model.pt`` or from a leap-face-train checkpoint."""
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for missing, truncated or foreign files
-        raise ValueError(f"cannot read face weights {weights!r} ({type(e).__name__}: {e})") from e
-    return state.get("backbone", state) if isinstance(state, dict) else state
-
-
 def export_face(weights: Optional[str], path: str, network: str = "r50", embedding_size: int = 512) -> nn.Module:
-    """Export a face backbone (weights from ``model.pt`` or a checkpoint; None keeps the
-    random initialisation) to ``path``; checked with onnxruntime and, if installed,
-    insightface. Returns the torch model."""
+    """Export a face backbone to ``path``: weights from a leap-face-train or arcface_torch
+    ``model.pt`` or checkpoint (loaded strictly; None keeps the random initialisation);
+    checked with onnxruntime and, if installed, insightface. Returns the torch model."""
     model = build_backbone(network, embedding_size)
     if weights:
         try:
-            model.load_state_dict(_load_face_weights(weights))
-        except RuntimeError as e:
-            raise ValueError(f"weights {weights!r} do not fit network {network!r} with embedding size "
-                             f"{embedding_size}: {e}") from e
+            load_backbone_weights(model, weights, network)
+        except ValueError as e:
+            raise ValueError(f"{e} (embedding size {embedding_size})") from e
     example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 2 - 1
     export_onnx(model, example, path)
     logger.info("onnxruntime agreement: cosine %.6f", onnx_agreement(model, path, example))
@@ -161,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="leap-export", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     face = sub.add_parser("face", help="a leap-face-train backbone, for insightface")
-    face.add_argument("--weights", required=True, help="model.pt or checkpoint_rank0.pt of leap-face-train")
+    face.add_argument("--weights", required=True, help="model.pt or a checkpoint of leap-face-train or arcface_torch")
     face.add_argument("--config", help="the training config (gives network and embedding_size)")
     face.add_argument("--network", help="backbone name, e.g. r18, r50 (overrides --config)")
     face.add_argument("--embedding-size", type=int, help="embedding dimension (overrides --config)")

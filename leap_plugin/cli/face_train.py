@@ -1,21 +1,27 @@
 """``leap-face-train``: face recognition training in arcface_torch's style, with LEAP.
 
-    leap-face-train CONFIG.py [--resume] [key=value ...]
+    leap-face-train CONFIG.py [--resume] [--overwrite] [key=value ...]
     torchrun --nproc_per_node=N -m leap_plugin.cli.face_train CONFIG.py
 
-The config is an arcface_torch-style Python file (:mod:`leap_plugin.face.config`). Training
-runs an IResNet through :class:`~leap_plugin.face.LeapPartialFC` with a
-:class:`~leap_plugin.face.LeapMarginLoss` (SGD or AdamW, polynomial decay after a linear
-warm-up, gradient norm clipped at 5 as in arcface_torch), verifies on the ``.bin`` sets every
-``verbose`` steps and at the end, and checkpoints every epoch (each rank its own file,
+The config is an arcface_torch-style Python file (:mod:`leap_plugin.face.config`); ``rec`` is
+an image folder (one sub-folder per identity), a ``.rec`` or a folder holding arcface_torch's
+``train.rec`` / ``train.idx``. Training runs a backbone with arcface_torch's module names
+(``r18``..``r100``, ``mbf``; ``pretrained=`` starts from its weights) through
+:class:`~leap_plugin.face.LeapPartialFC` with a :class:`~leap_plugin.face.LeapMarginLoss`
+(SGD or AdamW, polynomial decay after a linear warm-up, gradient norm clipped at 5 as in
+arcface_torch), verifies on the ``.bin`` sets (read and checked at start) every ``verbose``
+steps and at the end, logs to the console (step / total steps, ETA), ``metrics.jsonl`` and
+TensorBoard (``<output>/tensorboard``), and checkpoints every epoch (each rank its own file,
 written atomically). ``--resume`` continues from the last checkpoint with the model,
-optimizer, schedule, PartialFC weights and LEAP state restored. Under torchrun the backbone
-is wrapped in DistributedDataParallel and the classes are sharded across ranks (NCCL on
-GPUs, gloo on CPUs).
+optimizer, schedule, PartialFC weights and LEAP state restored; without it a finished or
+interrupted run in ``output`` is not overwritten unless ``--overwrite``. Under torchrun the
+backbone is wrapped in DistributedDataParallel and the classes are sharded across ranks
+(NCCL on GPUs, gloo on CPUs).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import math
@@ -32,14 +38,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..core.distributed import init_process_group
 from ..face import LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
-from ..face.backbones import build_backbone
+from ..face.backbones import build_backbone, load_backbone_weights
 from ..face.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from ..io import atomic_write
 from ..face.config import ConfigError, load_config
-from ..face.data import FaceFolder
-from ..face.verification import embed_images, pair_scores, read_bin, verification_accuracy
+from ..face.data import FaceDataset
+from ..face.recordio import read_counts
+from ..face.verification import evaluate_pairs, read_bin
+from ..io import FolderInUse, atomic_write, lock_folder
 
-__all__ = ["main", "train", "poly_schedule"]
+__all__ = ["main", "train", "poly_schedule", "build_data", "build_backbone_for", "build_partial_fc",
+           "build_optimizer", "Verifier", "Monitor"]
 
 logger = logging.getLogger("leap_plugin.face.train")
 
@@ -70,59 +78,89 @@ def _setup_logging(output: str, rank: int) -> None:
         logger.addHandler(handler)
 
 
-def _val_targets(cfg: SimpleNamespace) -> list[str]:
+# ----------------------------------------------------------------------------- parts
+def _val_paths(cfg: SimpleNamespace) -> list[str]:
     """``.bin`` paths of ``val_targets``; a bare name means ``<rec>/<name>.bin`` (arcface_torch)."""
-    paths = [t if t.endswith(".bin") or os.path.isfile(t) else os.path.join(cfg.rec, t + ".bin")
-             for t in cfg.val_targets]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise ConfigError(f"config key val_targets: no verification set at {missing}")
-    return paths
+    rec_dir = cfg.rec if os.path.isdir(cfg.rec) else os.path.dirname(cfg.rec)
+    return [t if t.endswith(".bin") or os.path.isfile(t) else os.path.join(rec_dir, t + ".bin")
+            for t in cfg.val_targets]
 
 
-class _Verifier:
-    """Verification on rank 0; the ``.bin`` files are decoded once."""
+class Verifier:
+    """The ``val_targets``, read and checked when constructed (a missing or damaged ``.bin``
+    fails before training, not after the first epoch), verified on rank 0."""
 
-    def __init__(self, paths: Sequence[str], batch_size: int, device: torch.device):
-        self.paths, self.batch_size, self.device = list(paths), batch_size, device
-        self._sets: dict[str, tuple] = {}
+    def __init__(self, paths: Sequence[str], batch_size: int, device: torch.device, input_size: int):
+        self.batch_size, self.device = batch_size, device
+        self.sets = {}
+        for path in paths:
+            try:
+                images, issame = read_bin(path, input_size)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config key val_targets: {e}") from e
+            if len(issame) < 10 or issame.all() or not issame.any():
+                raise ConfigError(f"config key val_targets: {path!r} holds {len(issame)} pairs "
+                                  f"({int(issame.sum())} genuine); 10-fold verification needs at least 10 pairs "
+                                  "of both kinds")
+            self.sets[os.path.splitext(os.path.basename(path))[0]] = (images, issame)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         results = {}
-        for path in self.paths:
-            if path not in self._sets:
-                self._sets[path] = read_bin(path)
-            images, issame = self._sets[path]
-            scores = pair_scores(embed_images(model, images, self.batch_size, True, self.device))
-            name = os.path.splitext(os.path.basename(path))[0]
-            acc = verification_accuracy(scores, issame)
-            results[f"{name}/accuracy"], results[f"{name}/std"] = acc["accuracy"], acc["std"]
+        for name, (images, issame) in self.sets.items():
+            metrics = evaluate_pairs(model, images, issame, self.batch_size, self.device)
+            results.update({f"{name}/{key}": value for key, value in metrics.items() if key != "thresholds"})
         return results
 
 
-def _log_metrics(cfg: SimpleNamespace, rank: int, record: dict) -> None:
-    if rank != 0:
-        return
-    with open(os.path.join(cfg.output, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+class Monitor:
+    """Console lines (step / total steps, samples per second, ETA), ``metrics.jsonl`` and
+    TensorBoard scalars, on rank 0 (arcface_torch's CallBackLogging and SummaryWriter)."""
+
+    def __init__(self, cfg: SimpleNamespace, rank: int, total_steps: int, start_step: int):
+        self.rank, self.total, self.start_step = rank, total_steps, start_step
+        self.path = os.path.join(cfg.output, "metrics.jsonl")
+        self.tic = time.time()
+        self.writer = None
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard"))
+
+    def _record(self, step: int, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        for key, value in record.items():
+            if isinstance(value, float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def step(self, step: int, epoch: int, num_epoch: int, loss: float, lr: float, samples: int,
+             leap: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        elapsed = time.time() - self.tic
+        done = step - self.start_step
+        eta = datetime.timedelta(seconds=int(elapsed / max(done, 1) * (self.total - step)))
+        record = {"epoch": epoch, "loss": loss, "lr": lr, "seconds": elapsed, **leap}
+        logger.info("step %d/%d epoch %d/%d loss %.4f lr %.6f %.1f samples/s eta %s %s", step, self.total, epoch,
+                    num_epoch, loss, lr, samples * done / max(elapsed, 1e-9), eta,
+                    " ".join(f"{k}={v:.4g}" for k, v in leap.items()))
+        self._record(step, record)
+
+    def verification(self, step: int, results: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        logger.info("verification at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+        self._record(step, {f"val/{k}": v for k, v in results.items()})
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
-def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0,
-          device: Optional[torch.device] = None) -> dict[str, float]:
-    """Train as configured; returns the final verification results (rank 0, else {})."""
-    device = device or torch.device("cpu")
-    if cfg.fp16 and device.type != "cuda":
-        raise ConfigError("config key fp16 = True is not allowed: mixed precision needs CUDA; set it to False")
-    os.makedirs(cfg.output, exist_ok=True)
-    _setup_logging(cfg.output, rank)
-    torch.manual_seed(cfg.seed + rank)
-    verify = _Verifier(_val_targets(cfg), cfg.batch_size, device)
-
-    dataset = FaceFolder(cfg.rec, cfg.long_tail)
-    num_classes = cfg.num_classes or dataset.num_classes
-    if num_classes != dataset.num_classes:
-        raise ConfigError(f"config key num_classes = {cfg.num_classes} is not allowed: the training "
-                          f"data has {dataset.num_classes} identities; leave it None or set that")
+def build_data(cfg: SimpleNamespace, world: int, rank: int, device: torch.device):
+    """``(dataset, sampler, loader)``; ConfigError when a rank would get no batch."""
+    dataset = FaceDataset(cfg.rec, cfg.long_tail, input_size=cfg.input_size)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
@@ -130,28 +168,90 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0,
     if len(loader) == 0:
         raise ConfigError(f"config key batch_size = {cfg.batch_size} is not allowed: {world} rank(s) x "
                           f"{cfg.batch_size} exceeds the {len(dataset)} training images")
+    return dataset, sampler, loader
 
-    backbone = build_backbone(cfg.network, cfg.embedding_size, cfg.dropout).to(device)
-    model = DistributedDataParallel(backbone) if world > 1 else backbone
+
+def class_counts_for(cfg: SimpleNamespace, dataset: FaceDataset) -> list[int]:
+    """K_i of the training classes; a ``class_counts`` file must agree with the data."""
+    counts = dataset.class_counts()
+    if cfg.class_counts is not None:
+        given = read_counts(cfg.class_counts)
+        if given != counts:
+            raise ConfigError(f"config key class_counts = {cfg.class_counts!r} is not allowed: its {len(given)} "
+                              f"counts are not those of the training data ({len(counts)} classes"
+                              + (", after the long_tail split" if cfg.long_tail else "") + ")")
+    return counts
+
+
+def build_backbone_for(cfg: SimpleNamespace, device: torch.device) -> torch.nn.Module:
+    """The configured network, with ``pretrained`` weights loaded strictly when given."""
+    backbone = build_backbone(cfg.network, cfg.embedding_size, cfg.dropout, cfg.input_size)
+    if cfg.pretrained:
+        try:
+            load_backbone_weights(backbone, cfg.pretrained, cfg.network)
+        except ValueError as e:
+            raise ConfigError(f"config key pretrained: {e}") from e
+        logger.info("backbone weights loaded from %s", cfg.pretrained)
+    return backbone.to(device)
+
+
+def build_partial_fc(cfg: SimpleNamespace, counts: list[int], num_classes: int, device: torch.device) -> LeapPartialFC:
+    """LeapPartialFC with a LeapMarginLoss (or the configured peer method's margin)."""
     leap = dict(cfg.leap)
     alpha_mode, exact_grad = leap.pop("alpha_mode"), leap.pop("exact_grad")
-    counts = dataset.class_counts()
     if cfg.long_tail_loss:  # a peer long-tail method instead of LEAP (validated: leap disabled)
         options = dict(cfg.long_tail_loss)
         margin = LongTailMarginLoss(cfg.scale, counts, options.pop("method"), cfg.margin_list, **options)
     else:
         margin = LeapMarginLoss(cfg.scale, *cfg.margin_list, cfg.interclass_filtering_threshold,
                                 alpha_mode=alpha_mode, exact_grad=exact_grad)
-    pfc = LeapPartialFC(margin, cfg.embedding_size, num_classes, cfg.sample_rate, cfg.fp16,
-                        class_counts=counts, seed=cfg.seed, **leap).to(device)
+    return LeapPartialFC(margin, cfg.embedding_size, num_classes, cfg.sample_rate, cfg.fp16,
+                         class_counts=counts, seed=cfg.seed, **leap).to(device)
+
+
+def build_optimizer(cfg: SimpleNamespace, backbone: torch.nn.Module, pfc: torch.nn.Module, steps_per_epoch: int):
     params = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_schedule(steps * cfg.num_epoch, steps * cfg.warmup_epoch))
+        optimizer, poly_schedule(steps_per_epoch * cfg.num_epoch, steps_per_epoch * cfg.warmup_epoch))
+    return optimizer, scheduler
+
+
+def _claim_output(cfg: SimpleNamespace, rank: int, overwrite: bool) -> None:
+    os.makedirs(cfg.output, exist_ok=True)
+    if rank == 0:
+        lock_folder(cfg.output, "leap-face-train run")
+    if not cfg.resume and not overwrite and os.path.exists(checkpoint_path(cfg.output, rank)):
+        raise ConfigError(f"config key output = {cfg.output!r} holds a run already ({checkpoint_path(cfg.output, rank)}): "
+                          "pass --resume to continue it, --overwrite to replace it, or choose another output")
+
+
+# ----------------------------------------------------------------------------- loop
+def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0, device: Optional[torch.device] = None,
+          overwrite: bool = False) -> dict[str, float]:
+    """Train as configured; returns the final verification results (rank 0, else {})."""
+    device = device or torch.device("cpu")
+    if cfg.fp16 and device.type != "cuda":
+        raise ConfigError("config key fp16 = True is not allowed: mixed precision needs CUDA; set it to False")
+    _claim_output(cfg, rank, overwrite)
+    _setup_logging(cfg.output, rank)
+    torch.manual_seed(cfg.seed + rank)
+    verify = Verifier(_val_paths(cfg), cfg.batch_size, device, cfg.input_size)
+
+    dataset, sampler, loader = build_data(cfg, world, rank, device)
+    num_classes = cfg.num_classes or dataset.num_classes
+    if num_classes != dataset.num_classes:
+        raise ConfigError(f"config key num_classes = {cfg.num_classes} is not allowed: the training "
+                          f"data has {dataset.num_classes} identities; leave it None or set that")
+    counts = class_counts_for(cfg, dataset)
+    backbone = build_backbone_for(cfg, device)
+    model = DistributedDataParallel(backbone) if world > 1 else backbone
+    pfc = build_partial_fc(cfg, counts, num_classes, device)
+    steps = len(loader)
+    optimizer, scheduler = build_optimizer(cfg, backbone, pfc, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.fp16)
 
     identity = {"world_size": world, "rank": rank, "network": cfg.network,
@@ -171,55 +271,50 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0,
     logger.info("config: %s", vars(cfg))
     logger.info("%d images, %d classes, %d rank(s), %d steps per epoch", len(dataset), num_classes, world, steps)
 
-    tic = time.time()
+    monitor = Monitor(cfg, rank, steps * cfg.num_epoch, global_step)
     results, verified_at = {}, -1
-    for epoch in range(start_epoch, cfg.num_epoch):
-        sampler.set_epoch(epoch)
-        pfc.set_epoch(epoch)
-        model.train()
-        pfc.train()
-        for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=cfg.fp16):
-                embeddings = model(images)
-            loss = pfc(embeddings, labels)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            global_step += 1
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {global_step}; lower lr")
-            if global_step % cfg.frequent == 0:
-                record = {"step": global_step, "epoch": epoch, "loss": loss.item(),
-                          "lr": scheduler.get_last_lr()[0], "seconds": time.time() - tic, **pfc.summary()}
-                logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in record.items()))
-                _log_metrics(cfg, rank, record)
-            if global_step % cfg.verbose == 0 and rank == 0 and verify.paths:
-                results, verified_at = verify(backbone), global_step
-                _report(cfg, rank, global_step, results)
-        state = {**identity, "epoch": epoch + 1, "global_step": global_step,
-                 "backbone": backbone.state_dict(), "partial_fc": pfc.state_dict(),
-                 "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state()}
-        save_checkpoint(checkpoint_path(cfg.output, rank), state)
-        if rank == 0:
-            atomic_write(os.path.join(cfg.output, "model.pt"), lambda f: torch.save(backbone.state_dict(), f))
-        logger.info("epoch %d done, checkpoint written", epoch)
+    try:
+        for epoch in range(start_epoch, cfg.num_epoch):
+            sampler.set_epoch(epoch)
+            pfc.set_epoch(epoch)
+            model.train()
+            pfc.train()
+            for images, labels in loader:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=cfg.fp16):
+                    embeddings = model(images)
+                loss = pfc(embeddings, labels)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                global_step += 1
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {global_step}; lower lr")
+                if global_step % cfg.frequent == 0:
+                    monitor.step(global_step, epoch, cfg.num_epoch, loss.item(), scheduler.get_last_lr()[0],
+                                 cfg.batch_size * world, pfc.summary())
+                if global_step % cfg.verbose == 0 and rank == 0 and verify.sets:
+                    results, verified_at = verify(backbone), global_step
+                    monitor.verification(global_step, results)
+            state = {**identity, "epoch": epoch + 1, "global_step": global_step,
+                     "backbone": backbone.state_dict(), "partial_fc": pfc.state_dict(),
+                     "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                     "rng": torch.get_rng_state()}
+            save_checkpoint(checkpoint_path(cfg.output, rank), state)
+            if rank == 0:
+                atomic_write(os.path.join(cfg.output, "model.pt"), lambda f: torch.save(backbone.state_dict(), f))
+            logger.info("epoch %d done, checkpoint written", epoch)
 
-    if rank == 0 and verify.paths and verified_at != global_step:
-        results = verify(backbone)
-        _report(cfg, rank, global_step, results)
+        if rank == 0 and verify.sets and verified_at != global_step:
+            results = verify(backbone)
+            monitor.verification(global_step, results)
+    finally:
+        monitor.close()
     return results
-
-
-def _report(cfg: SimpleNamespace, rank: int, step: int, results: dict[str, float]) -> None:
-    logger.info("verification at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in results.items()))
-    _log_metrics(cfg, rank, {"step": step, **{f"val/{k}": v for k, v in results.items()}})
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -240,8 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="leap-face-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="arcface_torch-style Python config file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run found in output")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. leap.start_epoch=2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --resume anywhere on the line
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as e:
@@ -250,8 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg.resume = True
     world, rank, device = _init_distributed()
     try:
-        train(cfg, world, rank, device)
-    except (ConfigError, FileNotFoundError) as e:
+        train(cfg, world, rank, device, overwrite=args.overwrite)
+    except (ConfigError, FileNotFoundError, FolderInUse) as e:
         parser.error(str(e))
     finally:
         if world > 1 and dist.is_initialized():

@@ -19,9 +19,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..core import DEFAULTS, LeapSettings
 from ..resources import find_config
-from ..validation import ConfigError, check_choice, check_int, fail
+from ..validation import ConfigError, check_choice, check_int, check_number, fail
+from ..core.longtail import COUNT_METHODS
 from .backbones import BACKBONES
 from .longtail import LONG_TAIL_METHODS
+from .margin import check_margin_list
 
 __all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
 
@@ -52,8 +54,11 @@ DEFAULTS = {
     "frequent": 10,                  # training steps between log lines
     "seed": 2048,
     "num_workers": 2,
-    "rec": None,                     # image folder: one sub-folder per identity
+    "rec": None,                     # image folder (one sub-folder per identity), a .rec, or a folder with train.rec
     "num_classes": None,             # None: the number of identities kept
+    "class_counts": None,            # None: K_i counted from rec; or a leap-face-counts file
+    "pretrained": None,              # None, or backbone weights to start from (arcface_torch model.pt / checkpoint)
+    "input_size": 112,               # side of the face crops (112: arcface_torch; a multiple of 16)
     "val_targets": [],               # .bin paths, or names looked up as <rec>/<name>.bin
     "output": None,
     "resume": False,
@@ -110,14 +115,6 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> SimpleNamespace:
     return validate(user)
 
 
-def _check_number(key: str, value: Any, low: float, high: float = float("inf"),
-                  low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        fail(key, value, f"use a number in {bracket}{low}, {high}]")
-
-
 def _check_keys(key: str, given: dict, known: Iterable[str]) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
@@ -130,22 +127,17 @@ def validate(user: dict) -> SimpleNamespace:
     unknown = sorted(set(user) - set(DEFAULTS) - _IGNORED)
     if ignored:
         logger.warning("config keys of arcface_torch ignored by leap-face-train: %s", ignored)
-    if unknown:
-        logger.warning("unknown config keys ignored: %s", unknown)
+    if unknown:  # a typo such as num_epochs would otherwise train the default silently
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(DEFAULTS)}")
     cfg = {k: user.get(k, v) for k, v in DEFAULTS.items()}
 
-    margin = cfg["margin_list"]
-    if not isinstance(margin, (list, tuple)) or len(margin) != 3:
-        fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
-    m1, m2, m3 = margin
-    if m1 != 1.0 or m2 < 0 or m3 < 0 or (m2 > 0 and m3 > 0):
-        fail("margin_list", margin, "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace")
-    _check_number("scale", cfg["scale"], 0, low_open=True)
-    _check_number("interclass_filtering_threshold", cfg["interclass_filtering_threshold"], 0, 1)
+    check_margin_list(cfg["margin_list"])
+    check_number("scale", cfg["scale"], 0, low_open=True)
+    check_number("interclass_filtering_threshold", cfg["interclass_filtering_threshold"], 0, 1)
     check_choice("network", cfg["network"], sorted(BACKBONES))
     check_int("embedding_size", cfg["embedding_size"], 1)
-    _check_number("dropout", cfg["dropout"], 0, 1)
-    _check_number("sample_rate", cfg["sample_rate"], 0, 1, low_open=True)
+    check_number("dropout", cfg["dropout"], 0, 1)
+    check_number("sample_rate", cfg["sample_rate"], 0, 1, low_open=True)
     check_choice("fp16", cfg["fp16"], (False, True))
     for key, minimum in (("batch_size", 1), ("num_epoch", 1), ("warmup_epoch", 0), ("verbose", 1),
                          ("frequent", 1), ("seed", 0), ("num_workers", 0)):
@@ -153,14 +145,20 @@ def validate(user: dict) -> SimpleNamespace:
     if cfg["warmup_epoch"] >= cfg["num_epoch"]:
         fail("warmup_epoch", cfg["warmup_epoch"], f"must be smaller than num_epoch ({cfg['num_epoch']})")
     check_choice("optimizer", cfg["optimizer"], ("sgd", "adamw"))
-    _check_number("lr", cfg["lr"], 0, low_open=True)
-    _check_number("momentum", cfg["momentum"], 0, 1)
-    _check_number("weight_decay", cfg["weight_decay"], 0)
+    check_number("lr", cfg["lr"], 0, low_open=True)
+    check_number("momentum", cfg["momentum"], 0, 1)
+    check_number("weight_decay", cfg["weight_decay"], 0)
     for key in ("rec", "output"):
         if not isinstance(cfg[key], str) or not cfg[key]:
             fail(key, cfg[key], "set it to a folder path")
     if cfg["num_classes"] is not None:
         check_int("num_classes", cfg["num_classes"], 1)
+    for key in ("class_counts", "pretrained"):
+        if cfg[key] is not None and (not isinstance(cfg[key], str) or not os.path.isfile(cfg[key])):
+            fail(key, cfg[key], "use None or the path of an existing file")
+    check_int("input_size", cfg["input_size"], 16)
+    if cfg["input_size"] % 16:
+        fail("input_size", cfg["input_size"], "use a multiple of 16 (112 for arcface_torch's crops)")
     targets = cfg["val_targets"]
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
         fail("val_targets", targets, "use a list of .bin paths or names")
@@ -210,15 +208,11 @@ def _validate_long_tail_loss(loss: Optional[dict], cfg: dict) -> Optional[dict]:
     _check_keys("long_tail_loss", loss, ["method", *options])
     for key in options:
         if key in loss:
-            _check_number(f"long_tail_loss.{key}", loss[key], 0)
+            check_number(f"long_tail_loss.{key}", loss[key], 0)
     if cfg["leap"]["enabled"]:
         fail("long_tail_loss", loss, "is an alternative to LEAP: set leap.enabled = False or long_tail_loss = None")
     if cfg["interclass_filtering_threshold"] != 0:
         fail("interclass_filtering_threshold", cfg["interclass_filtering_threshold"],
              "is not supported with long_tail_loss: set it to 0")
-    m1, m2, m3 = cfg["margin_list"]
-    if m2 != 0 or (m3 != 0 and loss["method"] != "balanced_softmax"):
-        fail("margin_list", cfg["margin_list"],
-             f"{loss['method']} sets the margins itself: use (1.0, 0.0, 0.0)"
-             + (", or (1.0, 0.0, m_c) for a CosFace margin" if loss["method"] == "balanced_softmax" else ""))
+    check_margin_list(cfg["margin_list"], COUNT_METHODS[loss["method"]])
     return {**options, **loss}

@@ -10,15 +10,41 @@ logits become LEAP's Eq. 7 / Eq. 8, computed by :mod:`leap_plugin.core.cloud`.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
 from ..core.cloud import check_labels
+from ..core.longtail import CountMethod
+from ..validation import fail, is_number
 
-__all__ = ["LeapMarginLoss"]
+__all__ = ["LeapMarginLoss", "check_margin_list"]
+
+
+def check_margin_list(margin_list: Sequence[float], method: Optional[CountMethod] = None) -> tuple[float, float, float]:
+    """arcface_torch's ``margin_list = (m1, m2, m3)`` as this adapter reads it: ``(1.0, m_a, 0.0)``
+    ArcFace, ``(1.0, 0.0, m_c)`` CosFace (margins >= 0, at most one non-zero; m1, the
+    multiplicative margin, must be 1.0). A count-aware peer ``method`` sets the margin itself:
+    ``(1.0, 0.0, 0.0)``, or ``(1.0, 0.0, m_c)`` where it keeps a CosFace margin.
+
+    Raises:
+        ConfigError: naming ``margin_list`` and what is allowed.
+    """
+    allowed = "use (1.0, m_a, 0.0) for ArcFace or (1.0, 0.0, m_c) for CosFace, margins >= 0"
+    if method is not None:
+        allowed = (f"{method.name} sets the margins itself: use (1.0, 0.0, 0.0)"
+                   + (", or (1.0, 0.0, m_c) for a CosFace margin" if method.uses_margin else ""))
+    if not isinstance(margin_list, (list, tuple)) or len(margin_list) != 3 or not all(map(is_number, margin_list)):
+        fail("margin_list", margin_list, allowed)
+    m1, m2, m3 = (float(m) for m in margin_list)
+    bad = m1 != 1.0 or m2 < 0 or m3 < 0 or (m2 > 0 and m3 > 0)
+    if method is not None:
+        bad = bad or m2 != 0 or (m3 != 0 and not method.uses_margin)
+    if bad:
+        fail("margin_list", tuple(margin_list), allowed)
+    return m1, m2, m3
 
 
 class _ScaledPassThrough(torch.autograd.Function):
@@ -72,12 +98,7 @@ class LeapMarginLoss(nn.Module):
         super().__init__()
         if s <= 0:
             raise ValueError(f"scale s must be > 0, got {s}")
-        if m1 != 1.0:
-            raise ValueError(f"margin_list m1 must be 1.0 (multiplicative margins are not supported), got {m1}")
-        if m2 < 0 or m3 < 0 or (m2 > 0 and m3 > 0):
-            raise ValueError(
-                f"margin_list (m1, m2, m3) = ({m1}, {m2}, {m3}) is not allowed: use (1.0, m_a, 0.0) for "
-                "ArcFace or (1.0, 0.0, m_c) for CosFace, margins >= 0")
+        m1, m2, m3 = check_margin_list((m1, m2, m3))
         check_setting("alpha_mode", alpha_mode)
         self.s = float(s)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)

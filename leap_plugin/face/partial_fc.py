@@ -21,6 +21,7 @@ while the loss is already the mean over the global batch.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from ..core import DEFAULTS, LeapMemory, check_setting
 from ..core.distributed import all_gather_rows, rank, world_size
 from ..validation import require_int
+from .recordio import read_counts
 from .margin import LeapMarginLoss
 
 __all__ = ["LeapPartialFC", "shard_range"]
@@ -121,7 +123,8 @@ class LeapPartialFC(nn.Module):
             ``sample_rate < 1`` each training step keeps every class present in the global
             batch and fills up to ``int(sample_rate * num_classes)`` classes with negatives.
         enabled: LEAP on (False: a plain PartialFC, no memory is allocated).
-        class_counts: K_i of every class (Eq. 5); or call :meth:`set_class_counts`.
+        class_counts: K_i of every class (Eq. 5), or the path of a ``leap-face-counts`` file;
+            or call :meth:`set_class_counts`.
         version, tail_threshold, center_lr, center_update, memory_factor, statistic, cloud_scale,
             cloud: see :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9); defaults:
             :data:`leap_plugin.core.settings.DEFAULTS`.
@@ -195,6 +198,8 @@ class LeapPartialFC(nn.Module):
         self.seed = seed
         self.cloud_active = False
         self.memory: Optional[LeapMemory] = None
+        if isinstance(class_counts, (str, os.PathLike)):  # a leap-face-counts file
+            class_counts = read_counts(os.fspath(class_counts))
         self._has_counts = class_counts is not None
         if self.enabled:
             self.memory = LeapMemory(num_classes, embedding_size, class_counts, center_lr=center_lr,

@@ -24,7 +24,7 @@ from .data import images_to_tensor, load_rgb
 
 __all__ = [
     "read_bin", "write_bin", "embed_images", "pair_scores", "verification_accuracy", "tpr_at_fpr",
-    "megaface_rank1", "evaluate_bin",
+    "megaface_rank1", "evaluate_pairs", "evaluate_bin",
 ]
 
 # What a .bin may reference besides plain lists, tuples, bytes and bools: Python 2 strings
@@ -182,9 +182,20 @@ def megaface_rank1(features: np.ndarray, ids: np.ndarray, distractors: np.ndarra
     return float(hits[same].mean())
 
 
-def evaluate_bin(model: nn.Module, path: str, batch_size: int = 64,
-                 device: torch.device | str = "cpu") -> dict:
-    """Verification accuracy (10 folds, flip) of ``model`` on the ``.bin`` at ``path``."""
-    images, issame = read_bin(path)
+def evaluate_pairs(model: nn.Module, images: np.ndarray, issame: np.ndarray, batch_size: int = 64,
+                   device: torch.device | str = "cpu", fprs: Sequence[float] = (1e-3, 1e-4)) -> dict:
+    """Verification of ``model`` on decoded pairs: 10-fold accuracy (with flip) and the TPR
+    at each FPR of ``fprs`` over all pairs. Returns ``{"accuracy", "std", "thresholds",
+    "tpr@fpr=<f>": ...}``."""
     scores = pair_scores(embed_images(model, images, batch_size, True, device))
-    return verification_accuracy(scores, issame)
+    result = verification_accuracy(scores, issame)
+    for fpr, tpr in tpr_at_fpr(scores[issame], scores[~issame], fprs).items():
+        result[f"tpr@fpr={fpr:g}"] = tpr
+    return result
+
+
+def evaluate_bin(model: nn.Module, path: str, batch_size: int = 64, device: torch.device | str = "cpu",
+                 image_size: int = 112) -> dict:
+    """:func:`evaluate_pairs` on the ``.bin`` at ``path``."""
+    images, issame = read_bin(path, image_size)
+    return evaluate_pairs(model, images, issame, batch_size, device)

@@ -9,9 +9,9 @@ from leap_plugin.face.verification import write_bin
 
 if "tiny" not in BACKBONES:
     @register_backbone("tiny")
-    def tiny(embedding_size: int = 512, dropout: float = 0.0) -> IResNet:
+    def tiny(embedding_size: int = 512, dropout: float = 0.0, input_size: int = 112) -> IResNet:
         """An IResNet small enough for CPU tests (same structure as r18, 1 block per stage)."""
-        return IResNet((1, 1, 1, 1), embedding_size, dropout, widths=(8, 8, 16, 16, 32))
+        return IResNet((1, 1, 1, 1), embedding_size, dropout, widths=(8, 8, 16, 16, 32), input_size=input_size)
 
 
 def identity_images(identity: int, count: int, size: int = 112) -> list:
