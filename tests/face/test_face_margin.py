@@ -106,3 +106,12 @@ def test_interclass_filtering_matches_arcface_torch(batch):
 def test_unsupported_margin_lists_fail(margin_list):
     with pytest.raises(ValueError, match="margin_list"):
         LeapMarginLoss(64.0, *margin_list)
+
+
+def test_labels_below_minus_one_are_refused():
+    from leap_plugin.face import LeapMarginLoss, LongTailMarginLoss
+
+    cos = torch.zeros(2, 4)
+    for loss in (LeapMarginLoss(16.0, 1.0, 0.0, 0.35), LongTailMarginLoss(16.0, [2, 3, 4, 5], "ldam")):
+        with pytest.raises(ValueError, match="labels must be class ids"):
+            loss(cos, torch.tensor([0, -2]))

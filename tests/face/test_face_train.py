@@ -162,3 +162,56 @@ def test_wrong_or_damaged_checkpoint_is_refused(data, straight, tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.network == "r18" and cfg.long_tail["tail_samples"] == 5
+
+
+# ------------------------------------------------------------------ issue 13: nothing silent
+def test_damaged_verification_bin_fails_before_training(data, tmp_path, capsys):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"not a pickle")
+    err = _main_error([_config(data, tmp_path, "badbin", val_targets=[str(bad)])], capsys)
+    assert "val_targets" in err and "bad.bin" in err
+    assert not (tmp_path / "badbin" / "checkpoint_rank0.pt").exists()  # nothing trained first
+    few = tmp_path / "few.bin"
+    fh.make_pairs_bin(str(few), pairs=4)
+    err = _main_error([_config(data, tmp_path, "fewbin", val_targets=[str(few)])], capsys)
+    assert "needs at least 10 pairs" in err
+
+
+def test_unknown_config_key_is_refused(data, tmp_path, capsys):
+    err = _main_error([_config(data, tmp_path, "typo", num_epochs=3)], capsys)
+    assert "unknown config keys ['num_epochs']" in err
+
+
+def test_a_finished_run_is_not_overwritten_without_being_told(data, straight, tmp_path, capsys):
+    shutil.copytree(straight / "straight", tmp_path / "again", ignore=shutil.ignore_patterns(".lock"))
+    before = (tmp_path / "again" / "model.pt").read_bytes()
+    config = _config(data, tmp_path, "again")
+    err = _main_error([config], capsys)
+    assert "holds a run already" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "again" / "model.pt").read_bytes() == before
+    assert face_train.main([config, "--overwrite", "num_epoch=1"]) == 0
+
+
+def test_resume_anywhere_on_the_command_line(data, straight, tmp_path):
+    shutil.copytree(straight / "straight", tmp_path / "r", ignore=shutil.ignore_patterns(".lock"))
+    config = _config(data, tmp_path, "r")
+    assert face_train.main([config, "num_epoch=3", "--resume", "leap.start_epoch=1"]) == 0
+    assert _checkpoint(tmp_path, "r")["epoch"] == 3
+
+
+def test_a_busy_output_folder_is_refused(data, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from leap_plugin.io import lock_folder; "
+                               f"lock_folder({str(out)!r}); print('locked', flush=True); time.sleep(120)"],
+                              env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = _main_error([_config(data, tmp_path, "busy")], capsys)
+        assert "is in use by another leap-face-train run" in err
+    finally:
+        holder.kill()
+        holder.wait()
