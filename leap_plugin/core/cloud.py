@@ -15,7 +15,7 @@ import torch
 from .settings import ALPHA_MODES
 
 __all__ = ["ALPHA_MODES", "COS_EPS", "sample_alpha", "perturbed_cos", "cosface_logits", "arcface_logits",
-           "clouded_logits", "check_labels"]
+           "clouded_logits", "cloud_rows", "check_labels"]
 
 #: Cosines are clamped to [-1 + COS_EPS, 1 - COS_EPS] before the angle is taken, so that
 #: the gradient -1/sqrt(1 - x^2) stays finite. The trigonometry runs in float32 even for
@@ -174,14 +174,32 @@ def clouded_logits(
     labels = labels.reshape(-1)
     if variance is None:
         return logits_fn(cos, labels, scale, margin)
-    clouded = variance.reshape(-1) > 0
-    if not bool(clouded.any()):
+    rows = (variance.reshape(-1) > 0).nonzero(as_tuple=True)[0]
+    alpha = sample_alpha(variance.reshape(-1)[rows], cos.shape[1], alpha_mode, generator) if rows.numel() else None
+    return cloud_rows(logits_fn, cos, labels, scale, margin, rows, alpha)
+
+
+def cloud_rows(
+    logits_fn,
+    cos: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    margin: Union[float, torch.Tensor],
+    rows: torch.Tensor,
+    alpha: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``logits_fn`` logits where the rows ``rows`` (ascending, as ``nonzero`` gives them)
+    are perturbed by ``alpha`` (len(rows), C) or (len(rows), 1) and the others get the plain
+    margin logits, exactly."""
+    labels = labels.reshape(-1)
+    if alpha is None or rows.numel() == 0:
         return logits_fn(cos, labels, scale, margin)
-    if bool(clouded.all()):
-        alpha = sample_alpha(variance.reshape(-1), cos.shape[1], alpha_mode, generator)
+    if rows.numel() == cos.shape[0]:  # every row: no scatter
         return logits_fn(cos, labels, scale, margin, alpha)
-    rows = clouded.nonzero(as_tuple=True)[0]
-    alpha = sample_alpha(variance.reshape(-1)[rows], cos.shape[1], alpha_mode, generator)
-    row_margin = margin[rows] if isinstance(margin, torch.Tensor) and margin.dim() else margin
+    row_margin = margin[rows] if _per_row(margin) else margin
     out = logits_fn(cos, labels, scale, margin)
     return out.index_put((rows,), logits_fn(cos[rows], labels[rows], scale, row_margin, alpha))
+
+
+def _per_row(margin) -> bool:
+    return isinstance(margin, torch.Tensor) and margin.dim() > 0

@@ -19,7 +19,7 @@ from ..validation import require_counts
 from .cloud import COS_EPS, check_labels
 from .distributed import all_gather_rows
 from .settings import DEFAULTS, check_setting
-from .variance import cloud_variance
+from .variance import Reduce, cloud_variance
 
 __all__ = ["LeapMemory", "LeapStateMismatch", "group_ranks"]
 
@@ -61,6 +61,9 @@ class LeapMemory(nn.Module):
         statistic: ``"paper"`` or ``"loo"`` (:data:`~leap_plugin.core.settings.ANGLE_STATISTICS`).
         cloud_scale: multiplies the std of alpha (1 = the paper).
         cloud: ``"class"`` (the paper) or ``"uniform"`` (the control).
+        reduce: None, or a function summing a tensor over the ranks when this memory holds
+            one shard of the classes (the pooled variances of Eq. 6 / 9 and the logged
+            averages then cover all classes; :mod:`leap_plugin.core.variance`).
 
     Defaults: :data:`leap_plugin.core.settings.DEFAULTS`.
     """
@@ -78,8 +81,10 @@ class LeapMemory(nn.Module):
         center_update: str = DEFAULTS.center_update,
         cloud_scale: float = DEFAULTS.cloud_scale,
         cloud: str = DEFAULTS.cloud,
+        reduce: Reduce = None,
     ):
         super().__init__()
+        self.reduce = reduce
         self.num_classes = num_classes
         self.center_lr = check_setting("center_lr", center_lr)
         self.memory_factor = check_setting("memory_factor", memory_factor)
@@ -195,7 +200,7 @@ class LeapMemory(nn.Module):
 
     # ----------------------------------------------------------------- updates
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def update(self, features: torch.Tensor, labels: torch.Tensor, gathered: bool = False) -> torch.Tensor:
         """Update centers (Eq. 4) and the angle memory (Eq. 5) from a mini-batch.
 
         Features are detached and L2-normalised; under torch.distributed the global batch
@@ -204,7 +209,8 @@ class LeapMemory(nn.Module):
         or ``c_i <- (1 - gamma) m_i + gamma c_i`` (``"printed"``); ``c_i <- m_i`` the first
         time. Then ``beta = arccos(cos(f_n, c_{y_n}))`` (Eq. 3) of each sample is written to
         its class's ring buffer of capacity ``K_i * P``. Rows of label -1 and rows that are
-        not finite are left out (:attr:`dropped_rows` counts the latter).
+        not finite are left out (:attr:`dropped_rows` counts the latter). ``gathered``: the
+        caller passes the global batch already (no all-gather here).
 
         Returns:
             the angles of the rows kept, in radians, in the order of the gathered batch
@@ -212,7 +218,8 @@ class LeapMemory(nn.Module):
         """
         labels = check_labels(labels.detach(), self.num_classes).long()
         feats = features.detach().float()
-        feats, labels = all_gather_rows(feats, labels)
+        if not gathered:
+            feats, labels = all_gather_rows(feats, labels)
         finite = torch.isfinite(feats).all(dim=1)
         keep = (labels >= 0) & finite
         dropped = int((~finite).sum())
@@ -296,7 +303,7 @@ class LeapMemory(nn.Module):
         self.angle_var.copy_(torch.where(valid, var, 0.0).float())
         self.stats_valid.copy_(valid)
         self.cloud_var.copy_(cloud_variance(self.angle_var, valid, self.class_counts, self.version,
-                                            self.tail_threshold, self.cloud_scale, self.cloud))
+                                            self.tail_threshold, self.cloud_scale, self.cloud, self.reduce))
 
     def cloud_variance_of(self, labels: torch.Tensor) -> torch.Tensor:
         """The cloud variance (rad^2) of each sample's class, the variance of its alpha
@@ -309,21 +316,26 @@ class LeapMemory(nn.Module):
     def summary(self) -> dict[str, float]:
         """Scalars for logging: head vs tail angular mean / variance (head = K_i > T; NaN
         where a group has no class with statistics), the number of clouded classes and
-        the mean cloud width (std of alpha, rad)."""
+        the mean cloud width (std of alpha, rad), over all classes (all shards)."""
         valid = self.stats_valid
         head = valid & (self.class_counts > self.tail_threshold)
         tail = valid & (self.class_counts <= self.tail_threshold)
         clouded = self.cloud_var > 0
-
-        def avg(x: torch.Tensor, m: torch.Tensor) -> float:
-            return float((x * m).sum() / m.sum()) if bool(m.any()) else float("nan")
-
+        width = self.cloud_var.clamp_min(0).sqrt()
+        masks = (head, head, tail, tail, clouded)
+        values = (self.angle_mean, self.angle_var, self.angle_mean, self.angle_var, width)
+        sums = torch.stack([(x * m).sum() for x, m in zip(values, masks)] + [m.sum().float() for m in masks]
+                           + [valid.sum().float()]).double()
+        if self.reduce is not None:
+            sums = self.reduce(sums)
+        num, den = sums[:5].tolist(), sums[5:10].tolist()
+        avg = [n / d if d > 0 else float("nan") for n, d in zip(num, den)]
         return {
-            "leap/head_angle_mean": avg(self.angle_mean, head),
-            "leap/head_angle_var": avg(self.angle_var, head),
-            "leap/tail_angle_mean": avg(self.angle_mean, tail),
-            "leap/tail_angle_var": avg(self.angle_var, tail),
-            "leap/classes_with_stats": float(valid.sum()),
-            "leap/clouded_classes": float(clouded.sum()),
-            "leap/cloud_width": avg(self.cloud_var.clamp_min(0).sqrt(), clouded),
+            "leap/head_angle_mean": avg[0],
+            "leap/head_angle_var": avg[1],
+            "leap/tail_angle_mean": avg[2],
+            "leap/tail_angle_var": avg[3],
+            "leap/classes_with_stats": float(sums[10]),
+            "leap/clouded_classes": den[4],
+            "leap/cloud_width": avg[4],
         }

@@ -4,45 +4,61 @@ All functions take per-class tensors: ``var`` the unbiased angular variance of t
 class's angle memory (rad^2), ``valid`` whether that class has statistics (at least
 two angles in memory), ``counts`` the number K_i of training samples of the class.
 Classes without statistics are left out of every average and get no cloud.
+
+The averages are ratios of sums over classes. ``reduce`` (default: none) is applied to
+each partial sum before the ratio is taken: with the classes sharded across ranks
+(``LeapPartialFC``), an all-reduce over the ranks gives every rank the sums of all
+classes, so each shard's widths equal the one-process ones.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 
 from .settings import CLOUDS, VERSIONS
 
-__all__ = ["VERSIONS", "CLOUDS", "head_variance", "pooled_variance", "cloud_variance", "uniform_cloud"]
+__all__ = ["VERSIONS", "CLOUDS", "head_variance", "pooled_variance", "cloud_variance", "uniform_cloud", "Reduce"]
+
+#: Sums a tensor over the shards of the classes (identity in one process).
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """``num / den`` of the (reduced) sums; 0 where ``den`` is 0."""
+    if reduce is not None:
+        both = reduce(torch.stack([num, den.to(num.dtype)]))
+        num, den = both[0], both[1]
+    return torch.where(den > 0, num / den.clamp_min(1e-12), num.new_zeros(()))
 
 
 def head_variance(
-    var: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, tail_threshold: int
+    var: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, tail_threshold: int, reduce: Reduce = None
 ) -> torch.Tensor:
     """Eq. 6: ``sigma_h^2``, the mean variance over head classes (K_i > T) with statistics.
 
     Returns a 0-d tensor; 0 when no head class has statistics yet.
     """
     head = valid & (counts > tail_threshold)
-    n = head.sum()
-    return torch.where(n > 0, (var * head).sum() / n.clamp_min(1), var.new_zeros(()))
+    return _ratio((var * head).sum(), head.sum(), reduce)
 
 
-def pooled_variance(var: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def pooled_variance(var: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor,
+                    reduce: Reduce = None) -> torch.Tensor:
     """Eq. 9: ``sigma^2 = sum_i (K_i - 1) sigma_i^2 / sum_i (K_i - 1)`` over classes with statistics.
 
     Returns a 0-d tensor; 0 when no class has statistics (or all have K_i = 1).
     """
     w = (counts.to(var.dtype) - 1).clamp_min(0) * valid
-    total = w.sum()
-    return torch.where(total > 0, (w * var).sum() / total.clamp_min(1e-12), var.new_zeros(()))
+    return _ratio((w * var).sum(), w.sum(), reduce)
 
 
-def uniform_cloud(widths: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def uniform_cloud(widths: torch.Tensor, valid: torch.Tensor, reduce: Reduce = None) -> torch.Tensor:
     """The control of ``CLOUD: uniform``: every class with statistics gets the mean of the
     positive per-class cloud variances ``widths`` (as much angular noise as LEAP adds, with
     nothing transferred from head to tail); 0 everywhere while no class has a cloud."""
     clouded = widths > 0
-    mean = torch.where(clouded.any(), (widths * clouded).sum() / clouded.sum().clamp_min(1), widths.new_zeros(()))
-    return torch.where(valid, mean, torch.zeros_like(widths))
+    return torch.where(valid, _ratio((widths * clouded).sum(), clouded.sum(), reduce), torch.zeros_like(widths))
 
 
 def cloud_variance(
@@ -53,6 +69,7 @@ def cloud_variance(
     tail_threshold: int = 0,
     cloud_scale: float = 1.0,
     cloud: str = "class",
+    reduce: Reduce = None,
 ) -> torch.Tensor:
     """Per-class variance of alpha (Sec. 3.4), times ``cloud_scale ** 2``.
 
@@ -67,14 +84,14 @@ def cloud_variance(
     if cloud not in CLOUDS:
         raise ValueError(f"cloud must be one of {CLOUDS}, got {cloud!r}")
     if version == "full":
-        target = pooled_variance(var, valid, counts)
+        target = pooled_variance(var, valid, counts, reduce)
         eligible = valid
     elif version == "vanilla":
-        target = head_variance(var, valid, counts, tail_threshold)
+        target = head_variance(var, valid, counts, tail_threshold, reduce)
         eligible = valid & (counts <= tail_threshold)
     else:
         raise ValueError(f"LEAP version must be one of {VERSIONS}, got {version!r}")
     widths = torch.where(eligible, (target - var).clamp_min(0), torch.zeros_like(var))
     if cloud == "uniform":
-        widths = uniform_cloud(widths, valid)
+        widths = uniform_cloud(widths, valid, reduce)
     return widths * float(cloud_scale) ** 2

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
-from ..core.cloud import check_labels
+from ..core.cloud import check_labels, cloud_rows
 from ..core.longtail import CountMethod
 from ..validation import fail, is_number
 
@@ -117,6 +117,7 @@ class LeapMarginLoss(nn.Module):
         variance: Optional[torch.Tensor] = None,
         alpha: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Scaled margin logits, with the feature cloud where asked for.
 
@@ -126,7 +127,9 @@ class LeapMarginLoss(nn.Module):
             variance: optional (N,) cloud variance (rad^2) per sample; alpha is drawn
                 (mode ``alpha_mode``, from ``generator``) only for rows with variance > 0,
                 the other rows get the plain margin.
-            alpha: optional (N, C) or (N, 1) angles in radians to use instead of drawing.
+            alpha: optional angles in radians to use instead of drawing: (N, C) or (N, 1),
+                or one row per entry of ``rows``.
+            rows: with ``alpha``, the rows it perturbs (ascending); the others get the plain margin.
         """
         labels = check_labels(labels, logits.shape[1]).long()
         if self.interclass_filtering_threshold > 0:
@@ -134,7 +137,8 @@ class LeapMarginLoss(nn.Module):
 
         def compute() -> torch.Tensor:
             if alpha is not None:
-                return self._logits_fn(logits, labels, self.s, self._margin, alpha)
+                target = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
+                return cloud_rows(self._logits_fn, logits, labels, self.s, self._margin, target, alpha)
             # Only clouded rows pay for the perturbation of Eq. 7 / 8.
             return clouded_logits(self._logits_fn, logits, labels, self.s, self._margin, variance,
                                   self.alpha_mode, generator)

@@ -2,16 +2,22 @@
 
 arcface_torch's margin callable never sees the features or the global class ids, so LEAP
 plugs in one level up: this module all-gathers the embeddings and global labels (as
-PartialFC_V2 does), keeps one :class:`~leap_plugin.core.LeapMemory` keyed by global class
-id and updated from the gathered batch (so identical on every rank, SPEC section 1),
-and hands each sample's cloud variance to a :class:`~leap_plugin.face.LeapMarginLoss`.
+PartialFC_V2 does) and hands each sample's cloud to a :class:`~leap_plugin.face.LeapMarginLoss`.
+The LEAP state follows PartialFC's class sharding (SPEC section 1): each rank's
+:class:`~leap_plugin.core.LeapMemory` holds the centers, angle memory and statistics of its
+own classes only, updated from the gathered batch; the pooled variances of Eq. 6 / Eq. 9
+come from all-reduced per-shard sums, and each sample's cloud width is all-reduced to every
+rank, so the state, gathered, equals the one-process state. The per-logit alpha of a
+(sample, class) pair is drawn from a generator seeded by the step and the column block of
+that class in the global (sampled) class list, so it does not depend on the number of ranks
+either.
 
 Differences from PartialFC_V2, all deliberate:
 
 - it also runs in a single process without torch.distributed, and on the CPU;
 - negative classes are sampled over the *global* class list from a generator seeded
   identically on every rank, so the sampled set does not depend on the number of ranks
-  (PartialFC_V2 draws a fixed count per shard from each rank's own RNG);
+  (PartialFC_V2 draws a fixed count per shard from each rank's own RNG); so are the alphas;
 - rows whose label is -1 are left out of the loss (PartialFC_V2 would count them as a
   loss of 69); uneven per-rank batch sizes are allowed.
 
@@ -49,6 +55,14 @@ def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceO
     if world_size() > 1:
         dist.all_reduce(tensor, op)
     return tensor
+
+
+def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(tensor.clone())
+
+
+#: Columns per block of the per-logit alpha draws (see :meth:`LeapPartialFC._alpha`).
+ALPHA_BLOCK = 4096
 
 
 class _GatherRows(torch.autograd.Function):
@@ -202,21 +216,32 @@ class LeapPartialFC(nn.Module):
             class_counts = read_counts(os.fspath(class_counts))
         self._has_counts = class_counts is not None
         if self.enabled:
-            self.memory = LeapMemory(num_classes, embedding_size, class_counts, center_lr=center_lr,
+            # This rank's classes only; the pooled variances sum over all shards.
+            self.memory = LeapMemory(self.num_local, embedding_size, self._shard(class_counts), center_lr=center_lr,
                                      center_update=center_update, memory_factor=memory_factor, version=version,
-                                     tail_threshold=tail_threshold, statistic=statistic,
-                                     cloud_scale=cloud_scale, cloud=cloud)
+                                     tail_threshold=tail_threshold, statistic=statistic, cloud_scale=cloud_scale,
+                                     cloud=cloud, reduce=_sum_over_ranks if self.world_size > 1 else None)
         # Training steps taken: decides the update / refresh periods, survives a resume.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._rng: dict[str, torch.Generator] = {}
         self._rng_states: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- LEAP controls
+    def _shard(self, class_counts):
+        """This rank's part of the global K_i (None stays None)."""
+        if class_counts is None:
+            return None
+        counts = torch.as_tensor(class_counts, dtype=torch.long).reshape(-1)
+        if counts.numel() != self.num_classes:
+            raise ValueError(f"class_counts must have {self.num_classes} entries, got {counts.numel()}")
+        return counts[self.class_start:self.class_start + self.num_local]
+
     def set_class_counts(self, class_counts: Union[Sequence[int], torch.Tensor]) -> None:
-        """Set K_i (the number of training samples of every class) and empty the memory."""
+        """Set K_i (the number of training samples of every class, by global class id) and
+        empty the memory."""
         if self.memory is None:
             return
-        self.memory.set_class_counts(class_counts)
+        self.memory.set_class_counts(self._shard(class_counts))
         self._has_counts = True
 
     def set_epoch(self, epoch: int) -> None:
@@ -231,12 +256,11 @@ class LeapPartialFC(nn.Module):
 
     # ----------------------------------------------------------------- randomness
     def _generator(self, name: str, device: torch.device) -> torch.Generator:
-        """``"shared"``: same seed on every rank (class sampling, per-sample alpha);
-        ``"local"``: per rank (per-logit alpha, whose columns differ between ranks)."""
+        """``"shared"``: the class sampler's generator, same seed on every rank."""
         gen = self._rng.get(name)
         if gen is None or gen.device != device:
             gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed if name == "shared" else self.seed + 1 + self.rank)
+            gen.manual_seed(self.seed)
             if name in self._rng_states:
                 gen.set_state(self._rng_states.pop(name))
             self._rng[name] = gen
@@ -257,19 +281,44 @@ class LeapPartialFC(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- forward
-    def _sample(self, labels: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, labels: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Keep every class of the batch and random negatives, ``num_sample`` in all,
-        chosen over the global class list; returns the kept rows of this shard and the labels."""
+        chosen over the global class list. Returns the kept rows of this shard, the labels
+        as columns among them, and the position of this shard's first kept class in the
+        sorted global list of kept classes."""
         device = self.weight.device
         score = torch.rand(self.num_classes, generator=self._generator("shared", device), device=device)
         positive = torch.unique(labels[labels >= 0])
         score[positive] = 2.0
         keep = positive if positive.numel() > self.num_sample else torch.topk(score, self.num_sample).indices
+        first = int((keep < self.class_start).sum())
         keep = keep[(keep >= self.class_start) & (keep < self.class_start + self.num_local)]
         index = torch.sort(keep - self.class_start).values
         here = local >= 0
         local = torch.where(here, torch.searchsorted(index, local.clamp_min(0)), local)
-        return index, local
+        return index, local, first
+
+    def _alpha(self, std: torch.Tensor, first: int, columns: int, device: torch.device) -> torch.Tensor:
+        """Alpha of the clouded rows (std ``std``, (R,)) for this rank's ``columns`` logit
+        columns, which are positions ``first .. first + columns - 1`` of the global column list.
+
+        Per logit: the global list is cut into blocks of :data:`ALPHA_BLOCK` columns, each
+        drawn from a generator seeded by (seed, step, block), so a (row, class) pair gets the
+        same alpha whatever the number of ranks. Per sample: one draw per row from a
+        generator seeded by (seed, step), the same on every rank."""
+        gen = torch.Generator(device=device)
+        key = (self.seed * 1_000_003 + int(self.step)) * 1_000_033
+        if self.margin_softmax.alpha_mode == "sample":
+            gen.manual_seed(key % 2 ** 62)
+            return torch.randn((std.numel(), 1), generator=gen, device=device) * std[:, None]
+        blocks = []
+        for block in range(first // ALPHA_BLOCK, (first + columns - 1) // ALPHA_BLOCK + 1 if columns else 0):
+            gen.manual_seed((key + 1 + block) % 2 ** 62)
+            blocks.append(torch.randn((std.numel(), ALPHA_BLOCK), generator=gen, device=device))
+        if not blocks:
+            return std.new_zeros((std.numel(), 0))
+        start = first - (first // ALPHA_BLOCK) * ALPHA_BLOCK
+        return torch.cat(blocks, dim=1)[:, start:start + columns] * std[:, None]
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         local_labels = local_labels.reshape(-1).long()
@@ -284,29 +333,32 @@ class LeapPartialFC(nn.Module):
             raise ValueError(f"labels must be global class ids in [0, {self.num_classes}) or -1, got "
                              f"values in [{int(labels.min())}, {int(labels.max())}]")
 
+        here = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
+        local = torch.where(here, labels - self.class_start, torch.full_like(labels, -1))
         leap = self.training and self.memory is not None
         if leap and not self._has_counts:
             raise RuntimeError("LeapPartialFC needs the class sizes K_i for its angle memory (Eq. 5): "
                                "pass class_counts=... or call set_class_counts() before training")
         if leap and int(self.step) % self.center_update_period == 0:
-            # The memory all-gathers by itself, in the same rank order as ``labels``.
-            self.memory.update(local_embeddings, local_labels)
-        variance = self.memory.cloud_variance_of(labels) if leap and self.cloud_active else None
+            # The gathered batch, this shard's classes: every class is updated on its own rank.
+            self.memory.update(embeddings.detach(), local, gathered=True)
+        variance = None
+        if leap and self.cloud_active:
+            # Each sample's width lives on the rank of its class: summed, every rank has all.
+            variance = _all_reduce(self.memory.cloud_variance_of(local))
 
-        here = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
-        local = torch.where(here, labels - self.class_start, torch.full_like(labels, -1))
-        rows = None  # this shard's weight rows in the logits (None: all of them)
+        rows, first = None, self.class_start  # this shard's weight rows in the logits (None: all of them)
         if self.training and self.sample_rate < 1:
-            rows, local = self._sample(labels, local)
+            rows, local, first = self._sample(labels, local)
         weight = self.weight if rows is None else self.weight[rows]
 
         with torch.autocast(embeddings.device.type, enabled=self.fp16):
             cos = F.linear(F.normalize(embeddings), F.normalize(weight))
         cos = cos.float().clamp(-1, 1)
-        if variance is not None:
-            mode_rng = "shared" if self.margin_softmax.alpha_mode == "sample" else "local"
-            logits = self.margin_softmax(cos, local, variance=variance,
-                                         generator=self._generator(mode_rng, cos.device))
+        clouded = None if variance is None else (variance > 0).nonzero(as_tuple=True)[0]
+        if clouded is not None and clouded.numel():
+            alpha = self._alpha(variance[clouded].sqrt(), first, cos.shape[1], cos.device)
+            logits = self.margin_softmax(cos, local, alpha=alpha, rows=clouded)
         elif getattr(self.margin_softmax, "uses_columns", False):
             # Count-aware margins (LongTailMarginLoss) need each column's global class id.
             first = torch.arange(self.num_local, device=cos.device) if rows is None else rows

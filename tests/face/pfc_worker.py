@@ -10,6 +10,7 @@ NUM_CLASSES, DIM, STEPS = 13, 8, 4
 COUNTS = [4, 3, 2, 6, 2, 3, 5, 2, 4, 3, 2, 3, 4]
 SPLIT = [0, 7, 12]  # rank 0 gets 7 rows, rank 1 gets 5: uneven on purpose
 CASES = [(1.0, "sample", True), (0.5, "sample", True), (0.5, "logit", False),
+         (1.0, "logit", True), (0.5, "logit", True),  # per-logit alpha with the cloud on
          # peer methods (LongTailMarginLoss, LEAP off): count-aware margins / offsets by global class
          (1.0, "logit", False, "balanced_softmax"), (0.5, "logit", False, "ldam"),
          (0.5, "logit", False, "adaptive_arc")]
@@ -57,6 +58,7 @@ def run_case(rank: int, world: int, sample_rate: float, alpha_mode: str, cloud: 
         with torch.no_grad():
             pfc.weight -= 0.5 * pfc.weight.grad
         pfc.weight.grad = None
+    # this rank's shard of the LEAP state (per-class buffers of its classes, its part of the memory)
     out["state"] = {k: v for k, v in pfc.state_dict().items() if k.startswith("memory.") or k == "step"}
     return out
 
