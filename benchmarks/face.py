@@ -45,9 +45,9 @@ INPUT_SIZE = 64
 LONG_TAIL = dict(head=20, tail_classes=80, tail_samples=4, seed=0)
 PAIRS = 1500  # genuine and as many impostor pairs
 COMMON = dict(network="mbf", input_size=INPUT_SIZE, embedding_size=128, scale=32.0, batch_size=64,
-              optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, num_epoch=20, warmup_epoch=1,
+              optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, num_epoch=12, warmup_epoch=1,
               frequent=10, verbose=10 ** 9, num_workers=0, long_tail=LONG_TAIL)
-LEAP = dict(enabled=True, tail_threshold=10, start_epoch=10)
+LEAP = dict(enabled=True, tail_threshold=10, start_epoch=6)
 COSFACE, ARCFACE = (1.0, 0.0, 0.35), (1.0, 0.5, 0.0)
 #: method -> (its config keys, the baseline it is paired with)
 METHODS = {

@@ -127,3 +127,34 @@ def test_labels_outside_the_columns_are_refused(fn):
         fn(torch.zeros(2, 3), torch.tensor([0, -2]), 1.0, 0.1)
     with pytest.raises(ValueError, match="labels must be class ids"):
         fn(torch.zeros(2, 3), torch.tensor([3, 0]), 1.0, 0.1)
+
+
+def test_no_grad_evaluation_is_bit_for_bit_the_autograd_one():
+    g = torch.Generator().manual_seed(4)
+    cos = torch.rand(64, 300, generator=g) * 2 - 1
+    for alpha in (torch.randn(64, 300, generator=g) * 0.5, torch.randn(64, 1, generator=g) * 4.0):
+        with_grad = perturbed_cos(cos.clone().requires_grad_(), alpha).detach()
+        with torch.no_grad():
+            assert torch.equal(perturbed_cos(cos, alpha), with_grad)
+
+
+def test_fused_kernel_equals_the_reference_in_value_and_gradient():
+    """torch.compile's fused kernel where a compiler is present (else the eager fallback,
+    which must then equal the reference too)."""
+    from leap_plugin.core import cloud
+
+    g = torch.Generator().manual_seed(5)
+    cos = torch.cat([torch.rand(200, generator=g) * 2 - 1, torch.tensor([1.0, -1.0, 0.999, -0.999])])
+    alpha = torch.cat([torch.randn(200, generator=g) * 1.5, torch.tensor([-4.0, 4.0, 0.1, -0.1])])
+    cloud.use_fused(True)
+    try:
+        x = cos.clone().requires_grad_()
+        fused = perturbed_cos(x, alpha)
+        (g_fused,) = torch.autograd.grad(fused.sum(), x)
+    finally:
+        cloud.use_fused(False)
+    ref_x = cos.clone().double().requires_grad_()
+    ref = arccos_form(ref_x, alpha.double())
+    (g_ref,) = torch.autograd.grad(ref.sum(), ref_x)
+    torch.testing.assert_close(fused.double(), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g_fused.double(), g_ref, atol=1e-3, rtol=1e-4)
