@@ -150,13 +150,13 @@ def check_labels(labels: torch.Tensor, num_columns: int) -> torch.Tensor:
     return labels
 
 
-def _target_mask(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Boolean one-hot of each row's target column; all False where the label is -1."""
+def _targets(cos: torch.Tensor, labels: torch.Tensor, margin: Union[float, torch.Tensor]):
+    """``(rows, cols, margins)`` of the target logits: the rows whose label is a column
+    (not -1), their columns, and their margins (a float, or one per row)."""
     labels = check_labels(labels, cos.shape[1])
-    one_hot = torch.zeros_like(cos, dtype=torch.bool)
-    idx = (labels != -1).nonzero(as_tuple=True)[0]
-    one_hot[idx, labels[idx]] = True
-    return one_hot
+    rows = (labels != -1).nonzero(as_tuple=True)[0]
+    row_margin = margin[rows, 0] if isinstance(margin, torch.Tensor) and margin.dim() else margin
+    return rows, labels[rows], row_margin
 
 
 def cosface_logits(
@@ -181,8 +181,10 @@ def cosface_logits(
     """
     if alpha is not None:
         cos = perturbed_cos(cos, alpha).to(cos.dtype)
-    one_hot = _target_mask(cos, labels)
-    return scale * (cos - margin * one_hot.to(cos.dtype))
+    # s * cos everywhere, s * (cos_y - m) written over the targets: the values of
+    # s * (cos - m * one_hot) bit for bit, without (N, C) temporaries for the one-hot.
+    rows, cols, row_margin = _targets(cos, labels, margin)
+    return (scale * cos).index_put((rows, cols), scale * (cos[rows, cols] - row_margin))
 
 
 def arcface_logits(
@@ -204,14 +206,14 @@ def arcface_logits(
             margins in radians.
         alpha: None, or (N, C) / (N, 1) angles in radians.
     """
+    rows, cols, row_margin = _targets(cos, labels, margin)
     if alpha is not None:
-        shift = margin * _target_mask(cos, labels).to(torch.float32)
-        return scale * perturbed_cos(cos, alpha + shift).to(cos.dtype)
+        # alpha + m on the target column: alpha + m * one_hot, bit for bit
+        shifted = alpha.float().expand(cos.shape).clone()
+        shifted.index_put_((rows, cols), torch.as_tensor(row_margin, dtype=torch.float32, device=cos.device)
+                           .expand(rows.shape), accumulate=True)
+        return scale * perturbed_cos(cos, shifted).to(cos.dtype)
     # Only the target column moves; the others keep the exact input cosine.
-    labels = check_labels(labels, cos.shape[1])
-    rows = (labels != -1).nonzero(as_tuple=True)[0]
-    cols = labels[rows]
-    row_margin = margin[rows, 0] if isinstance(margin, torch.Tensor) and margin.dim() else margin
     target = perturbed_cos(cos[rows, cols], row_margin).to(cos.dtype)
     return scale * cos.index_put((rows, cols), target)
 

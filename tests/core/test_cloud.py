@@ -158,3 +158,37 @@ def test_fused_kernel_equals_the_reference_in_value_and_gradient():
     (g_ref,) = torch.autograd.grad(ref.sum(), ref_x)
     torch.testing.assert_close(fused.double(), ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(g_fused.double(), g_ref, atol=1e-3, rtol=1e-4)
+
+
+def _one_hot_forms(kind, cos, labels, scale, margin, alpha):
+    """The one-hot expressions of Eq. 7-8 the first version computed (bit-for-bit reference)."""
+    one_hot = torch.zeros_like(cos, dtype=torch.bool)
+    idx = (labels != -1).nonzero(as_tuple=True)[0]
+    one_hot[idx, labels[idx]] = True
+    if kind == "cos":
+        base = cos if alpha is None else perturbed_cos(cos, alpha)
+        return scale * (base - margin * one_hot.to(cos.dtype))
+    return scale * perturbed_cos(cos, alpha + margin * one_hot.to(torch.float32))
+
+
+@pytest.mark.parametrize("kind", ["cos", "arc"])
+@pytest.mark.parametrize("alpha_cols", [0, 1, 9])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_target_scatter_equals_the_one_hot_form_bit_for_bit(kind, alpha_cols, per_row):
+    """The logits and their gradients equal those of the one-hot form exactly (so a run
+    trains bit for bit as before the rewrite)."""
+    if kind == "arc" and alpha_cols == 0:
+        pytest.skip("ArcFace without alpha never used the one-hot form")
+    g = torch.Generator().manual_seed(7)
+    cos = torch.rand(6, 9, generator=g) * 1.6 - 0.8
+    labels = torch.tensor([0, 3, -1, 8, 2, 5])
+    margin = torch.linspace(0.1, 0.6, 6)[:, None] if per_row else 0.3
+    alpha = None if alpha_cols == 0 else torch.randn(6, alpha_cols, generator=g) * 0.4
+    fn = cosface_logits if kind == "cos" else arcface_logits
+    a = cos.clone().requires_grad_()
+    b = cos.clone().requires_grad_()
+    got, want = fn(a, labels, 16.0, margin, alpha), _one_hot_forms(kind, b, labels, 16.0, margin, alpha)
+    assert torch.equal(got, want)
+    weights = torch.randn(6, 9, generator=g)
+    (ga,), (gb,) = torch.autograd.grad((got * weights).sum(), a), torch.autograd.grad((want * weights).sum(), b)
+    assert torch.equal(ga, gb)
