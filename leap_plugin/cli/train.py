@@ -89,6 +89,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as e:
         # A loader worker's error arrives with its traceback: its last line is the message.
         print(f"leap-train: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        if argv is None:
+            # fastreid's prefetch thread may be inside torch's C++ code by now; a normal
+            # interpreter shutdown then aborts (SIGABRT) instead of exiting with status 2.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     return 0
 
