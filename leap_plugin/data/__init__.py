@@ -9,9 +9,9 @@ from .folders import (
     split_identities,
     split_query_gallery,
 )
-from .longtail import class_counts, long_tail_split, split_summary
+from .longtail import label_counts, long_tail_split, split_summary
 
 __all__ = [
-    "long_tail_split", "class_counts", "split_summary", "scan_folder", "scan_wesnoth",
+    "long_tail_split", "label_counts", "split_summary", "scan_folder", "scan_wesnoth",
     "pose_family", "split_identities", "split_query_gallery", "composite_rgba", "WESNOTH_UNITS",
 ]

@@ -12,12 +12,12 @@ import numpy as np
 
 from ..validation import require_int
 
-__all__ = ["long_tail_split", "class_counts", "split_summary", "item_key"]
+__all__ = ["long_tail_split", "label_counts", "split_summary", "item_key"]
 
 Item = tuple  # (img_path, pid, camid), as fastreid's datasets list them
 
 
-def class_counts(labels: Iterable[Hashable]) -> dict[Hashable, int]:
+def label_counts(labels: Iterable[Hashable]) -> dict[Hashable, int]:
     """Number of samples K_i of each label."""
     return dict(Counter(labels))
 
@@ -72,7 +72,7 @@ def long_tail_split(items: Sequence[Item], head: int, tail_samples: int, seed: i
 
 def split_summary(items: Sequence[Item]) -> dict[str, float]:
     """Identities, images and the per-identity image counts (max, median, min) of a list."""
-    counts = list(class_counts(item[1] for item in items).values())
+    counts = list(label_counts(item[1] for item in items).values())
     if not counts:
         return {"ids": 0, "images": 0, "max": 0, "median": 0, "min": 0}
     return {"ids": len(counts), "images": len(items), "max": max(counts),

@@ -195,7 +195,7 @@ class LeapPartialFC(nn.Module):
         if alpha_mode is not None and isinstance(margin_loss, LeapMarginLoss):
             margin_loss.alpha_mode = check_setting("alpha_mode", alpha_mode)
 
-        self.margin_softmax = margin_loss
+        self.margin_loss = margin_loss
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.sample_rate = float(sample_rate)
@@ -308,7 +308,7 @@ class LeapPartialFC(nn.Module):
         generator seeded by (seed, step), the same on every rank."""
         gen = torch.Generator(device=device)
         key = (self.seed * 1_000_003 + int(self.step)) * 1_000_033
-        if self.margin_softmax.alpha_mode == "sample":
+        if self.margin_loss.alpha_mode == "sample":
             gen.manual_seed(key % 2 ** 62)
             return torch.randn((std.numel(), 1), generator=gen, device=device) * std[:, None]
         blocks = []
@@ -358,13 +358,13 @@ class LeapPartialFC(nn.Module):
         clouded = None if variance is None else (variance > 0).nonzero(as_tuple=True)[0]
         if clouded is not None and clouded.numel():
             alpha = self._alpha(variance[clouded].sqrt(), first, cos.shape[1], cos.device)
-            logits = self.margin_softmax(cos, local, alpha=alpha, rows=clouded)
-        elif getattr(self.margin_softmax, "uses_columns", False):
+            logits = self.margin_loss(cos, local, alpha=alpha, rows=clouded)
+        elif getattr(self.margin_loss, "uses_columns", False):
             # Count-aware margins (LongTailMarginLoss) need each column's global class id.
             first = torch.arange(self.num_local, device=cos.device) if rows is None else rows
-            logits = self.margin_softmax(cos, local, columns=first + self.class_start)
+            logits = self.margin_loss(cos, local, columns=first + self.class_start)
         else:
-            logits = self.margin_softmax(cos, local)
+            logits = self.margin_loss(cos, local)
         loss = _ShardedCrossEntropy.apply(logits.float(), local.reshape(-1), labels >= 0)
 
         if self.training:

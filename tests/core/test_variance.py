@@ -73,3 +73,13 @@ def test_uniform_cloud_gives_every_class_with_statistics_the_mean_width():
     assert uniform_cloud(torch.zeros(5), VALID).count_nonzero() == 0
     with pytest.raises(ValueError, match="cloud"):
         cloud_variance(VAR, VALID, COUNTS, "full", cloud="flat")
+
+
+def test_vanilla_head_is_strictly_more_than_t():
+    """Head = K_i > T: a class with exactly T samples is a tail class (issue 16)."""
+    var = torch.tensor([0.09, 0.02, 0.01])
+    valid = torch.ones(3, dtype=torch.bool)
+    counts = torch.tensor([30, 10, 4])
+    assert head_variance(var, valid, counts, 10).item() == pytest.approx(0.09)
+    got = cloud_variance(var, valid, counts, "vanilla", tail_threshold=10)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.07, 0.08]))

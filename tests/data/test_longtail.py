@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from leap_plugin.data.folders import split_identities, split_query_gallery
-from leap_plugin.data.longtail import class_counts, long_tail_split, split_summary
+from leap_plugin.data.longtail import label_counts, long_tail_split, split_summary
 
 # identity -> number of images; "c" and "d" tie, so their rank comes from the pid string
 COUNTS = {"a": 10, "b": 8, "d": 6, "c": 6, "e": 4, "f": 2}
@@ -65,7 +65,7 @@ def test_bad_arguments_are_named(kwargs, name):
 
 def test_summary_and_counts():
     items = make_items()
-    assert class_counts(item[1] for item in items) == COUNTS
+    assert label_counts(item[1] for item in items) == COUNTS
     assert split_summary(items) == {"ids": 6, "images": 36, "max": 10, "median": 6, "min": 2}
 
 

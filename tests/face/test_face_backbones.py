@@ -106,7 +106,7 @@ def test_exact_grad_reaches_the_margin_loss(tmp_path):
     for flag in (False, True):
         cfg = load_config(_minimal_config(tmp_path), [f"leap.exact_grad={flag}", "leap.enabled=True"])
         pfc = face_train.build_partial_fc(cfg, [3, 3], 2, torch.device("cpu"))
-        assert pfc.margin_softmax.exact_grad is flag
+        assert pfc.margin_loss.exact_grad is flag
 
 
 def _minimal_config(tmp_path):

@@ -78,7 +78,7 @@ def test_partial_fc_loss_is_cross_entropy_of_the_peer_logits():
     ref.backward()
     torch.testing.assert_close(emb.grad, ref_emb.grad)
     # The per-class vectors travel with the checkpoint of the PartialFC.
-    assert {"margin_softmax.class_counts", "margin_softmax.per_class"} <= set(pfc.state_dict())
+    assert {"margin_loss.class_counts", "margin_loss.per_class"} <= set(pfc.state_dict())
 
 
 def test_bad_arguments_fail_clearly():

@@ -106,3 +106,32 @@ def test_state_dict_round_trip_restores_memory_step_and_rng():
     assert clone.step == 3
     torch.testing.assert_close(clone(emb, labels), pfc(emb, labels))
     torch.testing.assert_close(clone.memory.memory, pfc.memory.memory)
+
+
+def test_each_sample_gets_its_own_class_width():
+    """Issue 16: a LeapPartialFC that never applied the cloud, or one constant width, passed
+    the suite. The alpha a row receives has the std of its class's cloud."""
+    torch.manual_seed(0)
+    margin = LeapMarginLoss(16.0, 1.0, 0.0, 0.35)
+    pfc = LeapPartialFC(margin, 8, 3, class_counts=[4, 4, 4], start_epoch=0)
+    pfc.memory.cloud_var.copy_(torch.tensor([0.0, 0.01, 0.09]))
+    pfc.set_epoch(0)
+    pfc.center_update_period = 10 ** 9  # keep the widths above: no update changes them
+    seen = {}
+    original = margin.forward
+
+    def spy(cos, labels, variance=None, alpha=None, generator=None, rows=None):
+        seen.update(alpha=alpha, rows=rows)
+        return original(cos, labels, variance, alpha, generator, rows)
+
+    margin.forward = spy
+    labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 50)
+    pfc.step += 1  # not a refresh step
+    loss_on = pfc(torch.randn(150, 8), labels)
+    assert seen["rows"].tolist() == list(range(50, 150))  # class 0 has no cloud
+    alpha = seen["alpha"]
+    assert alpha.shape == (100, 3)
+    assert abs(alpha[:50].std().item() - 0.1) < 0.02 and abs(alpha[50:].std().item() - 0.3) < 0.05
+    pfc.cloud_active = False
+    torch.manual_seed(0)
+    assert pfc(torch.randn(150, 8), labels).item() != loss_on.item()

@@ -77,8 +77,8 @@ def test_peer_method_trains_end_to_end(data, tmp_path, method):
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
     assert not any(k.startswith("leap/") for r in records for k in r)
     state = _checkpoint(tmp_path, method)["partial_fc"]
-    assert state["margin_softmax.class_counts"].tolist() == [6] * 4 + [2] * 4
-    per_class = state["margin_softmax.per_class"]
+    assert state["margin_loss.class_counts"].tolist() == [6] * 4 + [2] * 4
+    per_class = state["margin_loss.per_class"]
     # Rarer classes get the larger margin (LDAM, adaptive ArcFace) or the lower logit offset.
     assert (per_class[4:] > per_class[:4].max()).all() if method != "balanced_softmax" \
         else (per_class[4:] < per_class[:4].min()).all()
@@ -216,3 +216,18 @@ def test_a_busy_output_folder_is_refused(data, tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_readme_small_data_command_runs_as_written(data, tmp_path):
+    """The README's leap-face-train command for a small data set, with this test's folders."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    line = next(i for i, text in enumerate(readme.splitlines()) if "output=runs/small" in text)
+    lines = readme.splitlines()
+    command = (lines[line].rstrip("\\") + " " + lines[line + 1]).split()
+    assert command[0] == "leap-face-train"
+    args = [a.replace("/data/faces", str(data / "train")).replace("runs/small", str(tmp_path / "small"))
+            for a in command[1:]]
+    args = [os.path.join(root, a) if a.startswith("configs/") else a for a in args]
+    assert face_train.main(args + ["batch_size=8"]) == 0  # the 48 test images fit a batch of 8 only
+    assert (tmp_path / "small" / "model.pt").exists()

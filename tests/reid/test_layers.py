@@ -163,3 +163,52 @@ def test_leap_head_equals_embedding_head_at_inference_and_feeds_memory():
     head.update_memory = False
     head(x, targets)
     assert head.memory.mem_fill.tolist() == [2, 2, 2, 0, 0]
+
+
+def _leap_head(neck_feat="after"):
+    from fastreid.config import get_cfg
+    from fastreid.modeling.heads import build_heads
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.FEAT_DIM = 16
+    cfg.MODEL.HEADS.NUM_CLASSES = 4
+    cfg.MODEL.HEADS.WITH_BNNECK = True
+    cfg.MODEL.HEADS.NECK_FEAT = neck_feat
+    cfg.MODEL.HEADS.NAME, cfg.MODEL.HEADS.CLS_LAYER = "LeapHead", "LeapCosSoftmax"
+    cfg.MODEL.HEADS.SCALE, cfg.MODEL.HEADS.MARGIN = 24, 0.2
+    cfg.MODEL.HEADS.LEAP.ENABLED = True
+    head = build_heads(cfg).train()
+    head.memory.set_class_counts([3, 3, 3, 3])
+    head.hook_attached = True
+    return head
+
+
+@pytest.mark.parametrize("neck_feat", ["after", "before"])
+def test_the_memory_is_fed_the_neck_feature_not_the_pooled_one(neck_feat):
+    """Issue 16: feeding the memory the pooled feature passed the whole suite."""
+    head = _leap_head(neck_feat)
+    head.update_memory = True
+    x = torch.randn(8, 16, 1, 1) * 3 + 1
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    head(x, targets)
+    with torch.no_grad():
+        neck = head.bottleneck(head.pool_layer(x))[..., 0, 0]
+    # a first sighting: each center is the mean of its class's normalised neck features (BN in
+    # train mode: the same batch statistics as the forward above)
+    want = torch.stack([torch.nn.functional.normalize(neck[targets == c], dim=1).mean(0) for c in range(4)])
+    torch.testing.assert_close(head.memory.centers, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_head_passes_the_cloud_to_its_layer_only_when_active():
+    head = _leap_head()
+    head.memory.cloud_var.fill_(0.05)  # every class clouded
+    x = torch.randn(8, 16, 1, 1)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    torch.manual_seed(0)
+    plain = head(x, targets)["cls_outputs"]
+    head.cloud_active = True
+    torch.manual_seed(0)
+    clouded = head(x, targets)["cls_outputs"]
+    assert (clouded - plain).abs().amax() > 0.1
+    head.cloud_active = False
+    assert torch.equal(head(x, targets)["cls_outputs"], plain)

@@ -124,3 +124,27 @@ def test_leap_on_and_off_of_one_seed_differ_only_after_start_epoch(market):
     assert len(on) == len(off) == 3 * per_epoch
     assert on[:per_epoch] == off[:per_epoch]  # bit for bit: the memory fills but draws nothing
     assert on[per_epoch:] != off[per_epoch:]
+
+
+def test_two_gloo_ranks_hold_the_same_leap_state(market):
+    """Under torch.distributed every rank updates its LEAP state from the gathered global
+    batch: after training, the two ranks' centers, memory and statistics are identical."""
+    script = market / "train_net_ranks.py"
+    script.write_text(UPSTREAM_TRAIN_NET.replace(
+        "    return trainer.train()",
+        "    results = trainer.train()\n"
+        "    import os, torch\n"
+        "    from fastreid.utils import comm\n"
+        "    head = trainer.model.module.heads if hasattr(trainer.model, 'module') else trainer.model.heads\n"
+        "    torch.save(head.memory.state_dict(), os.path.join(cfg.OUTPUT_DIR, f'leap_rank{comm.get_rank()}.pt'))\n"
+        "    return results"))
+    cfg = market_data.tiny_config(str(market / "ddp.yml"), str(market / "ddp"), epochs=2, eval_period=2)
+    env = dict(os.environ, FASTREID_DATASETS=str(market / "datasets"), CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    run = subprocess.run([sys.executable, str(script), "--config-file", cfg, "--num-gpus", "2", "--dist-url", "auto"],
+                         cwd=market, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    r0, r1 = (torch.load(market / "ddp" / f"leap_rank{r}.pt") for r in (0, 1))
+    assert r0["mem_fill"].sum() > 0 and r0["stats_valid"].any()
+    for key, value in r0.items():
+        assert torch.equal(value, r1[key]), key
