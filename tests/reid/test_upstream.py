@@ -61,11 +61,11 @@ def market(tmp_path_factory):
     return root
 
 
-def run_upstream(market, *args):
+def run_upstream(market, *args, script=None):
     env = dict(os.environ, FASTREID_DATASETS=str(market / "datasets"), CUDA_VISIBLE_DEVICES="",
                OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, str(market / "train_net.py"), *args], cwd=market, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    return subprocess.run([sys.executable, script or str(market / "train_net.py"), *args], cwd=market, env=env,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,12 @@ def test_upstream_train_net_trains_leap_after_the_import(market, upstream_run):
     assert (state["heads.memory.cloud_var"] > 0).any()
 
 
-def test_the_same_error_messages_hold_in_the_upstream_flow(market, upstream_run):
+@pytest.mark.parametrize("script", [None, os.path.join(ROOT, "projects", "LEAP", "train_net.py")])
+def test_the_same_error_messages_hold_in_the_upstream_flow(market, upstream_run, script):
+    """Upstream's script as a user writes it, and this project's projects/LEAP/train_net.py."""
     cfg = str(market / "leap.yml")
     run = run_upstream(market, "--config-file", cfg, "MODEL.HEADS.LEAP.VERSION", "half", "OUTPUT_DIR",
-                       str(market / "bad"))
+                       str(market / "bad"), script=script)
     assert run.returncode != 0
     assert "MODEL.HEADS.LEAP.VERSION = 'half' is not allowed: use one of 'full', 'vanilla'" in run.stdout
 
