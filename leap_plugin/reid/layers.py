@@ -56,14 +56,11 @@ def configure_layers(module: torch.nn.Module, cfg) -> None:
 
 
 class _CloudMixin:
-    """``alpha_mode`` from ``MODEL.HEADS.LEAP.ALPHA_MODE`` and the cloud's entry point."""
+    """A layer that takes LEAP's cloud; :class:`~leap_plugin.reid.head.LeapHead` sets its
+    ``alpha_mode`` from ``MODEL.HEADS.LEAP.ALPHA_MODE``."""
 
     accepts_cloud = True
     alpha_mode = "logit"
-
-    def configure(self, cfg) -> None:
-        self.alpha_mode = check_setting("alpha_mode", cfg.MODEL.HEADS.LEAP.ALPHA_MODE,
-                                        "MODEL.HEADS.LEAP.ALPHA_MODE")
 
 
 class _LeapSoftmax(_CloudMixin, any_softmax.Linear):
@@ -191,10 +188,6 @@ class AdaptiveArcSoftmax(CountAwareSoftmax):
 class LeapLDAMSoftmax(_CloudMixin, LDAMSoftmax):
     """LDAM's per-class margins with LEAP's feature cloud (Eq. 7 with ``m_c = m_y``): do the
     two stack? Without a cloud it is :class:`LDAMSoftmax`."""
-
-    def configure(self, cfg) -> None:
-        LDAMSoftmax.configure(self, cfg)
-        _CloudMixin.configure(self, cfg)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 variance: Optional[torch.Tensor] = None) -> torch.Tensor:
