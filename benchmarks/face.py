@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Face benchmark on real images: leap-face-train on Wesnoth's unit sprites as identity folders.
 
-    python benchmarks/face.py                    # every method x seed (about an hour on 2 CPU cores)
+    python benchmarks/face.py                    # every method x seed (about an hour on 2 CPU cores, --jobs 2)
     python benchmarks/face.py --methods CosFace LEAP-CV --seeds 0 --jobs 2
 
 No face-identity data set can be downloaded here, so the face path is measured on the real,
@@ -12,8 +12,8 @@ each); the held-out identities give identity-disjoint verification pairs written
 insightface ``.bin`` (10-fold accuracy, TPR at FPR 1e-3 / 1e-4) and a MegaFace-style rank-1
 identification with distractors (probes of half the held-out identities against the
 images of the other half). Methods: the paper's face rows, CosFace vs LEAP-CV and ArcFace vs
-LEAP-AV, plus LDAM. Network: MobileFaceNet (arcface_torch's ``mbf``) at 64 x 64, sized for
-a 2-core CPU. Each run records its machine and commit; paired differences pair runs of one
+LEAP-AV, plus LDAM. Network: MobileFaceNet (arcface_torch's ``mbf``) at 48 x 48, 4 epochs, sized for
+a 2-core CPU (15 runs in about an hour with --jobs 2). Each run records its machine and commit; paired differences pair runs of one
 seed, machine and commit. Writes ``benchmarks/results/face.{json,md}``; finished runs are
 reused.
 """
@@ -40,14 +40,14 @@ from leap_plugin.data.folders import WESNOTH_UNITS, composite_rgba, scan_wesnoth
 from leap_plugin.io import atomic_write  # noqa: E402
 from leap_plugin.runs import code_commit, machine_id, machine_info  # noqa: E402
 
-INPUT_SIZE = 64
+INPUT_SIZE = 48
 #: <H_a, T_b> of the training half: the 20 largest identities whole, the next 80 with 4 images.
 LONG_TAIL = dict(head=20, tail_classes=80, tail_samples=4, seed=0)
 PAIRS = 1500  # genuine and as many impostor pairs
 COMMON = dict(network="mbf", input_size=INPUT_SIZE, embedding_size=128, scale=32.0, batch_size=64,
-              optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, num_epoch=12, warmup_epoch=1,
+              optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, num_epoch=4, warmup_epoch=1,
               frequent=10, verbose=10 ** 9, num_workers=0, long_tail=LONG_TAIL)
-LEAP = dict(enabled=True, tail_threshold=10, start_epoch=6)
+LEAP = dict(enabled=True, tail_threshold=10, start_epoch=2)
 COSFACE, ARCFACE = (1.0, 0.0, 0.35), (1.0, 0.5, 0.0)
 #: method -> (its config keys, the baseline it is paired with)
 METHODS = {
