@@ -12,9 +12,9 @@ each); the held-out identities give identity-disjoint verification pairs written
 insightface ``.bin`` (10-fold accuracy, TPR at FPR 1e-3 / 1e-4) and a MegaFace-style rank-1
 identification with distractors (probes of half the held-out identities against the
 images of the other half). Methods: the paper's face rows, CosFace vs LEAP-CV and ArcFace vs
-LEAP-AV, plus LDAM. Network: MobileFaceNet (arcface_torch's ``mbf``) at 48 x 48, 4 epochs, sized for
-a 2-core CPU (15 runs in about an hour with --jobs 2). Each run records its machine and commit; paired differences pair runs of one
-seed, machine and commit. Writes ``benchmarks/results/face.{json,md}``; finished runs are
+LEAP-AV, plus LDAM. Network: MobileFaceNet (arcface_torch's ``mbf``) at 48 x 48, 4 epochs,
+sized for a 2-core CPU (15 runs in about an hour with --jobs 2). Each run records its machine
+and commit; paired differences pair runs of one seed, machine and commit. Writes ``benchmarks/results/face.{json,md}``; finished runs are
 reused.
 """
 from __future__ import annotations
