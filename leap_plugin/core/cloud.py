@@ -13,6 +13,7 @@ import os
 from typing import Optional, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .settings import ALPHA_MODES
 
@@ -52,7 +53,7 @@ def sample_alpha(
     noise = torch.randn(
         (variance.shape[0], cols), generator=generator, device=variance.device, dtype=torch.float32
     )
-    return noise * std
+    return noise.mul_(std)
 
 
 def perturbed_cos(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -84,8 +85,10 @@ def perturbed_cos(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
             _FUSED["kernel"] = None
             logger.warning("LEAP: the fused perturbation could not be compiled (%s: %s); using eager PyTorch",
                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-    if torch.is_grad_enabled() and (cos.requires_grad or alpha.requires_grad):
+    if torch.is_grad_enabled() and alpha.requires_grad:
         return _perturbed_cos(cos, alpha)
+    if torch.is_grad_enabled() and cos.requires_grad:
+        return _PerturbedCos.apply(cos, alpha)
     return _perturbed_cos_no_grad(cos, alpha)
 
 
@@ -103,19 +106,83 @@ def _perturbed_cos(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 def _perturbed_cos_no_grad(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """:func:`_perturbed_cos`'s operations in place (the same values, bit for bit), a
     third fewer passes over the (N, C) logits."""
+    return _perturbed_cos_in_place(cos, alpha)[0]
+
+
+def _perturbed_cos_in_place(cos: torch.Tensor, alpha: torch.Tensor, keep: bool = False):
+    """``(out, saved)``: :func:`_perturbed_cos`'s values, bit for bit, with as few passes
+    and as few new (N, C) tensors as the arithmetic allows (on the CPU a new tensor of
+    this size costs as much again as the operation that fills it); with ``keep``, ``saved``
+    holds what :class:`_PerturbedCos` needs for the gradient (else None). The clip is
+    applied only where some angle is clipped: a masked fill is several times slower than
+    the arithmetic, and with clouds of a few tenths of a radian almost no logit is clipped."""
     c = cos.float().clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
     sin_theta = torch.mul(c, c)
     sin_theta = torch.sub(1.0, sin_theta, out=sin_theta).sqrt_()
-    cos_a = torch.cos(alpha)
+    cos_a, sin_a = torch.cos(alpha), torch.sin(alpha)
     out = torch.mul(c, cos_a)
-    out.sub_(sin_theta.mul_(torch.sin(alpha)))
-    if bool((alpha.abs() >= math.pi).any()):
+    if keep or sin_theta.shape != sin_a.shape:
+        scratch = torch.mul(sin_theta, sin_a)
+    else:
+        scratch = sin_theta.mul_(sin_a)
+    out.sub_(scratch)
+    if alpha.numel() and all(bool(x.abs() < math.pi) for x in torch.aminmax(alpha)):
+        # |alpha| < pi: the angle leaves [0, pi] below (alpha < 0, cos > cos_alpha) or above
+        # (alpha > 0, -cos > cos_alpha): where cos_alpha + sign(alpha) * cos < 0, an exact
+        # test (the product is +-cos, and a rounded sum keeps the sign of a nonzero exact one)
+        if scratch.shape == alpha.shape:  # one (N, C) alpha per logit: reuse the scratch memory
+            test = torch.addcmul(cos_a, c, torch.sign(alpha, out=scratch), out=scratch)
+        else:
+            test = torch.addcmul(cos_a, c, torch.sign(alpha))
+        clipped, bound = test.lt(0.0), None
+    else:
         below_zero = (alpha < 0) & ((alpha <= -math.pi) | (c > cos_a))
         above_pi = (alpha > 0) & ((alpha >= math.pi) | (c < -cos_a))
-    else:  # |alpha| < pi everywhere: the comparisons that decide the clip
-        below_zero = torch.logical_and(alpha < 0, c > cos_a)
-        above_pi = torch.logical_and(alpha > 0, c < cos_a.neg_())
-    return out.masked_fill_(below_zero, 1.0).masked_fill_(above_pi, -1.0)
+        clipped = below_zero | above_pi
+        bound = torch.where(below_zero, 1.0, -1.0)
+    any_clipped = bool(clipped.any())
+    if any_clipped:
+        out = torch.where(clipped, -torch.sign(alpha) if bound is None else bound, out)
+    if not keep:
+        return out, None
+    return out, (c, cos_a, sin_a, sin_theta, clipped if any_clipped else None)
+
+
+class _PerturbedCos(torch.autograd.Function):
+    """:func:`_perturbed_cos` for a ``cos`` that needs a gradient and an ``alpha`` that
+    does not (the feature cloud's draws): the same values and the same gradient, bit for
+    bit, as autograd through :func:`_perturbed_cos` (the backward below repeats autograd's
+    operations in its order: where's mask, mul, sqrt ``grad / (2 * result)``, rsub, the two
+    halves of ``c * c`` accumulated after the ``c * cos_alpha`` term, clamp's mask), with
+    a forward that runs in place and keeps four (N, C) tensors instead of autograd's chain."""
+
+    @staticmethod
+    def forward(ctx, cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        out, (c, cos_a, sin_a, sin_theta, clipped) = _perturbed_cos_in_place(cos.detach(), alpha, keep=True)
+        # clamp's gradient is zero outside [-1 + eps, 1 - eps] (rare: only at |cos| ~ 1)
+        low, high = torch.aminmax(cos.detach())
+        outside = cos.detach().float().abs() > 1.0 - COS_EPS if float(max(-low, high)) > 1.0 - COS_EPS else None
+        ctx.save_for_backward(c, cos_a, sin_a, sin_theta)
+        ctx.masks = (clipped, outside)
+        ctx.input_dtype = cos.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        c, cos_a, sin_a, sin_theta = ctx.saved_tensors
+        clipped, outside = ctx.masks
+        if clipped is not None:
+            grad = grad.masked_fill(clipped, 0.0)
+        # d/dc of c * cos_a - sqrt(1 - c * c) * sin_a, in autograd's order of operations,
+        # in the saved tensors' memory (a second backward through them is refused by
+        # autograd's version check)
+        half = torch.mul(grad, sin_a).div_(sin_theta.mul_(2.0)).mul_(c)
+        grad_c = cos_a.mul_(grad).add_(half).add_(half) if cos_a.shape == grad.shape else \
+            torch.mul(grad, cos_a).add_(half).add_(half)
+        if outside is not None:
+            grad_c.masked_fill_(outside, 0.0)
+        return grad_c.to(ctx.input_dtype), None
 
 
 #: The compiled kernel, once :func:`use_fused` asked for it (None: eager).
@@ -184,7 +251,7 @@ def cosface_logits(
     # s * cos everywhere, s * (cos_y - m) written over the targets: the values of
     # s * (cos - m * one_hot) bit for bit, without (N, C) temporaries for the one-hot.
     rows, cols, row_margin = _targets(cos, labels, margin)
-    return (scale * cos).index_put((rows, cols), scale * (cos[rows, cols] - row_margin))
+    return (scale * cos).index_put_((rows, cols), scale * (cos[rows, cols] - row_margin))
 
 
 def arcface_logits(

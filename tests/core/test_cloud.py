@@ -192,3 +192,43 @@ def test_target_scatter_equals_the_one_hot_form_bit_for_bit(kind, alpha_cols, pe
     weights = torch.randn(6, 9, generator=g)
     (ga,), (gb,) = torch.autograd.grad((got * weights).sum(), a), torch.autograd.grad((want * weights).sum(), b)
     assert torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("mode", ["logit", "sample"])
+def test_fast_gradient_is_bit_for_bit_autograd_through_the_reference(dtype, mode):
+    """perturbed_cos with a cos that needs a gradient runs _PerturbedCos (in-place forward,
+    hand-written backward); it must give autograd's values and gradients through
+    _perturbed_cos exactly, clips on both sides, |alpha| >= pi and clamp boundaries
+    included, so that training numbers do not move by a bit."""
+    from leap_plugin.core.cloud import _perturbed_cos
+
+    g = torch.Generator().manual_seed(7)
+    for scale in (0.05, 0.3, 1.5, 4.0):
+        cos = torch.rand(48, 200, generator=g) * 2 - 1
+        cos[0, :6] = torch.tensor([1.0, -1.0, 1 - 1e-7, -1 + 1e-7, 0.0, 0.9999])
+        alpha = torch.randn(48, 200 if mode == "logit" else 1, generator=g) * scale
+        weights = torch.randn(48, 200, generator=g)
+        x_ref = cos.to(dtype).requires_grad_()
+        ref = _perturbed_cos(x_ref, alpha)
+        (ref * weights).sum().backward()
+        x = cos.to(dtype).requires_grad_()
+        fast = perturbed_cos(x, alpha)
+        assert fast.grad_fn is not None and "PerturbedCos" in type(fast.grad_fn).__name__
+        (fast * weights).sum().backward()
+        assert torch.equal(fast.detach(), ref.detach())
+        assert torch.equal(x.grad, x_ref.grad) and x.grad.dtype == dtype
+        if scale >= 1.5:  # the clipped logits are in the sample and get no gradient
+            theta = torch.acos(x.detach().float().clamp(-1 + COS_EPS, 1 - COS_EPS))
+            clipped = ((theta + alpha) < 0) | ((theta + alpha) > math.pi)
+            assert clipped.sum() > 10 and torch.equal(x.grad[clipped], torch.zeros_like(x.grad[clipped]))
+
+
+def test_fast_gradient_refuses_a_second_backward_through_the_same_graph():
+    """Its backward works in the saved tensors' memory; autograd's version check makes a
+    second pass (retain_graph) an error, never a wrong gradient."""
+    x = (torch.rand(4, 6) * 2 - 1).requires_grad_()
+    y = perturbed_cos(x, torch.randn(4, 6) * 0.3).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
