@@ -126,26 +126,24 @@ def _perturbed_cos_in_place(cos: torch.Tensor, alpha: torch.Tensor, keep: bool =
     else:
         scratch = sin_theta.mul_(sin_a)
     out.sub_(scratch)
-    if alpha.numel() and all(bool(x.abs() < math.pi) for x in torch.aminmax(alpha)):
-        # |alpha| < pi: the angle leaves [0, pi] below (alpha < 0, cos > cos_alpha) or above
-        # (alpha > 0, -cos > cos_alpha): where cos_alpha + sign(alpha) * cos < 0, an exact
-        # test (the product is +-cos, and a rounded sum keeps the sign of a nonzero exact one)
-        if scratch.shape == alpha.shape:  # one (N, C) alpha per logit: reuse the scratch memory
-            test = torch.addcmul(cos_a, c, torch.sign(alpha, out=scratch), out=scratch)
-        else:
-            test = torch.addcmul(cos_a, c, torch.sign(alpha))
-        clipped, bound = test.lt(0.0), None
+    # The angle leaves [0, pi] below (alpha < 0 and cos > cos_alpha, or alpha <= -pi) or
+    # above (alpha > 0 and -cos > cos_alpha, or alpha >= pi), where the result is
+    # -sign(alpha). For |alpha| < pi one exact test decides both sides: cos_alpha +
+    # sign(alpha) * cos < 0 (the product is +-cos, and a rounded sum keeps the sign of a
+    # nonzero exact one).
+    if scratch.shape == alpha.shape:  # one (N, C) alpha per logit: reuse the scratch memory
+        test = torch.addcmul(cos_a, c, torch.sign(alpha, out=scratch), out=scratch)
     else:
-        below_zero = (alpha < 0) & ((alpha <= -math.pi) | (c > cos_a))
-        above_pi = (alpha > 0) & ((alpha >= math.pi) | (c < -cos_a))
-        clipped = below_zero | above_pi
-        bound = torch.where(below_zero, 1.0, -1.0)
-    any_clipped = bool(clipped.any())
-    if any_clipped:
-        out = torch.where(clipped, -torch.sign(alpha) if bound is None else bound, out)
+        test = torch.addcmul(cos_a, c, torch.sign(alpha))
+    clipped = test.lt(0.0)
+    if alpha.numel() and not all(bool(x.abs() < math.pi) for x in torch.aminmax(alpha)):
+        clipped.logical_or_(alpha.abs() >= math.pi)
+    clipped_anywhere = bool(clipped.any())
+    if clipped_anywhere:
+        out = torch.where(clipped, torch.sign(alpha).neg_(), out, out=out)
     if not keep:
         return out, None
-    return out, (c, cos_a, sin_a, sin_theta, clipped if any_clipped else None)
+    return out, (c, cos_a, sin_a, sin_theta, clipped if clipped_anywhere else None)
 
 
 class _PerturbedCos(torch.autograd.Function):
