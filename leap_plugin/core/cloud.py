@@ -67,11 +67,12 @@ def perturbed_cos(cos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     ``cos < -cos(alpha)`` (or ``alpha >= pi``), and the result is -1. Values and gradients
     equal ``torch.cos((acos(cos) + alpha).clamp(0, pi))`` (cosines clamped by COS_EPS first).
 
-    Three implementations of these values: with :func:`use_fused` on, one fused kernel
-    compiled by ``torch.compile`` (values and gradients; a machine without a working
-    compiler falls back to eager, saying so); else, without gradients (arcface_torch's
-    pass-through margin), an in-place evaluation of the same operations, bit for bit; else
-    plain autograd operations.
+    Implementations of these values: with :func:`use_fused` on, one fused kernel compiled
+    by ``torch.compile`` (values and gradients; a machine without a working compiler falls
+    back to eager, saying so); else an in-place evaluation of the same operations, bit for
+    bit, without gradients (arcface_torch's pass-through margin) or with the hand-written
+    gradient of :class:`_PerturbedCos` (bit for bit autograd's); plain autograd operations
+    only where ``alpha`` itself needs a gradient.
 
     Args:
         cos: (N, C) cosines. alpha: angles in radians, broadcastable to (N, C).
