@@ -9,13 +9,15 @@ method's and the setting's overrides, then ``leap-analyze`` measures the tail/he
 angular-variance ratio of its training features in eval mode. A finished run (its
 ``results.json``) is never run again, so the script resumes where it stopped. Writes
 ``benchmarks/results/longtail.{json,md}``: mean +- std over seeds of mAP, Rank-1 and the
-tail/head variance ratio, with the machine it ran on.
+tail/head variance ratio, with the machine it ran on (``longtail.md``: the latest campaign;
+``longtail_<cpu>_<commit>.md``: each campaign, one machine and commit, on its own).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import threading
@@ -189,10 +191,32 @@ def pooled_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def write_table(rows: list[dict], out: str, campaign: str | None = None) -> str:
-    """Write ``longtail.json`` (every row) and ``longtail.md``: the table of one campaign
-    (one machine and commit; default: the campaign of the last row), whose runs alone are
-    compared and paired. Returns the Markdown."""
+def campaign_file(row: dict) -> str | None:
+    """``longtail_<cpu>_<commit>.md``: the file of the campaign (machine and commit) of ``row``;
+    None for runs that recorded neither."""
+    if "machine" not in row:
+        return None
+    cpu = re.sub(r"[^A-Za-z0-9]+", "-", row["machine"]["cpu"]).strip("-")
+    return f"longtail_{cpu}_{row['commit'][:12]}.md"
+
+
+def write_campaigns(rows: list[dict], out: str) -> list[str]:
+    """Write every campaign's table to its own :func:`campaign_file` (``longtail.md`` keeps
+    the latest one), so that a campaign on another machine never replaces an earlier
+    campaign's table. Returns the file names."""
+    latest: dict[str, dict] = {}
+    for r in rows:
+        if campaign_file(r):
+            latest[campaign_file(r)] = r
+    for name, r in latest.items():
+        write_table(rows, out, campaign_of(r), name)
+    return sorted(latest)
+
+
+def write_table(rows: list[dict], out: str, campaign: str | None = None, name: str = "longtail.md") -> str:
+    """Write ``longtail.json`` (every row) and ``name`` (default ``longtail.md``): the table
+    of one campaign (one machine and commit; default: the campaign of the last row), whose
+    runs alone are compared and paired. Returns the Markdown."""
     if campaign is None:
         campaign = campaign_of(rows[-1]) if rows else "none"
     others: dict[str, int] = {}
@@ -252,7 +276,7 @@ def write_table(rows: list[dict], out: str, campaign: str | None = None) -> str:
         seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         lines.append(f"    python benchmarks/longtail.py --settings {setting} --methods '{method}' --seeds {seeds}")
     text = "\n".join(lines) + "\n"
-    atomic_write(os.path.join(out, "longtail.md"), lambda f: f.write(text.encode()))
+    atomic_write(os.path.join(out, name), lambda f: f.write(text.encode()))
     atomic_write(os.path.join(out, "longtail.json"), lambda f: f.write(json.dumps(rows, indent=1).encode()))
     return text
 
@@ -305,6 +329,7 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, jobs))
     print(write_table(rows, args.output))
+    write_campaigns(rows, args.output)
     print(f"{len(jobs)} runs in {(time.time() - start) / 60:.1f} min", flush=True)
     return 0
 

@@ -103,3 +103,23 @@ def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
     assert "- CPU B (x86_64" in text and "- machine and commit not recorded" in text and "@ bbbbbbbbbbbb: 1 runs" in text
     with open(tmp_path / "longtail.json") as f:
         assert json.load(f) == rows  # nothing is dropped from the record
+
+
+def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
+    """A campaign on a second machine must not replace the first campaign's table."""
+    amd = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
+           "threads": 1}
+    intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
+    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=amd, commit="a" * 40, leap=None),
+            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=amd, commit="a" * 40, leap=None),
+            dict(row("H20_S5", "CosFace", 0, 60.0), machine=intel, commit="b" * 40, leap=None),
+            dict(row("H20_S5", "LEAP-CF", 0, 61.0), machine=intel, commit="b" * 40, leap=None),
+            row("natural", "CosFace", 0, 70.0)]  # no machine recorded: no file of its own
+    names = longtail.write_campaigns(rows, str(tmp_path))
+    assert names == ["longtail_AMD-EPYC_aaaaaaaaaaaa.md", "longtail_Intel-R-Xeon-R-Processor_bbbbbbbbbbbb.md"]
+    first = table_rows((tmp_path / names[0]).read_text())
+    second = (tmp_path / names[1]).read_text()
+    assert set(first) == {("H20_S4", "CosFace"), ("H20_S4", "LEAP-CF")}
+    assert first[("H20_S4", "LEAP-CF")][5] == "+4.00 (1/1)"
+    assert "| H20_S5 | LEAP-CF | 1 | 61.00 | +1.00 (CosFace) | +1.00 (1/1) |" in second
+    assert "| H20_S4 |" not in second and "Intel(R) Xeon(R) Processor" in second.splitlines()[0]
