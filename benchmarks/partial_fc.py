@@ -7,9 +7,9 @@ LEAP state each rank holds, now that it is sharded with the classes.
 
 The LEAP state is first filled from synthetic long-tailed data (20% of the classes with 60
 samples, the rest with 5, the tail classes narrower) so that the tail classes have feature
-clouds, in two geometries (``GEOMETRIES``: clouds of about 0.33 rad, as training on the sprites
-measures, and of about 1.6 rad, where many logits are clipped); every timed batch is drawn from clouded classes (every row pays for the arccos round
-trip and the alpha draws). Two LEAP settings: centers, memory and cloud widths updated every
+clouds, in two geometries (``GEOMETRIES``: clouds of about 0.33 rad, as training on the
+sprites measures, and of about 1.6 rad, where many logits are clipped); every timed batch is
+drawn from clouded classes (every row pays for the perturbation and the alpha draws). Two LEAP settings: centers, memory and cloud widths updated every
 step (``period 1``, the default), and every 5 steps (``period 5``, the paper's face setting,
 Sec. 4.3), each with the eager perturbation and with the fused one (``use_fused``,
 torch.compile). The modules run alternately so that machine load hits all alike; the time of
