@@ -123,3 +123,25 @@ def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
     assert first[("H20_S4", "LEAP-CF")][5] == "+4.00 (1/1)"
     assert "| H20_S5 | LEAP-CF | 1 | 61.00 | +1.00 (CosFace) | +1.00 (1/1) |" in second
     assert "| H20_S4 |" not in second and "Intel(R) Xeon(R) Processor" in second.splitlines()[0]
+
+
+def test_report_only_rewrites_every_campaign_file(longtail, tmp_path):
+    """``--report-only`` (what a campaign's end runs too) re-tabulates ``longtail.json`` into
+    ``longtail.md`` and one file per campaign, training nothing."""
+    amd = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
+           "threads": 1}
+    intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
+    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=amd, commit="a" * 40, leap=None),
+            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=amd, commit="a" * 40, leap=None),
+            dict(row("H20_S3", "CosFace", 0, 60.0), machine=intel, commit="b" * 40, leap=None),
+            dict(row("H20_S3", "LEAP-CF", 0, 63.0), machine=intel, commit="b" * 40, leap=None)]
+    (tmp_path / "longtail.json").write_text(json.dumps(rows))
+    assert longtail.main(["--report-only", "--output", str(tmp_path), "--settings", "H20_S4",
+                          "--methods", "CosFace", "LEAP-CF", "--seeds", "0"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "longtail.json", "longtail.md", "longtail_AMD-EPYC_aaaaaaaaaaaa.md",
+        "longtail_Intel-R-Xeon-R-Processor_bbbbbbbbbbbb.md"]  # no run folder: nothing trained
+    assert "+4.00 (1/1)" in (tmp_path / "longtail_AMD-EPYC_aaaaaaaaaaaa.md").read_text()
+    latest = (tmp_path / "longtail.md").read_text()
+    assert "| H20_S3 | LEAP-CF | 1 | 63.00 | +3.00 (CosFace) | +3.00 (1/1) |" in latest
+    assert json.loads((tmp_path / "longtail.json").read_text()) == rows
