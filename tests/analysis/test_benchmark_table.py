@@ -22,6 +22,11 @@ def row(setting, method, seed, mAP):
             "tail_head_var_ratio": 0.5, "seconds": 60.0}
 
 
+AMD = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
+       "threads": 1}
+INTEL = dict(AMD, cpu="Intel(R) Xeon(R) Processor")
+
+
 def table_rows(text):
     return {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| H20_S4") or line.startswith("| natural")}
@@ -107,13 +112,10 @@ def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
 
 def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
     """A campaign on a second machine must not replace the first campaign's table."""
-    amd = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
-           "threads": 1}
-    intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
-    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=amd, commit="a" * 40, leap=None),
-            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=amd, commit="a" * 40, leap=None),
-            dict(row("H20_S5", "CosFace", 0, 60.0), machine=intel, commit="b" * 40, leap=None),
-            dict(row("H20_S5", "LEAP-CF", 0, 61.0), machine=intel, commit="b" * 40, leap=None),
+    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=AMD, commit="a" * 40, leap=None),
+            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=AMD, commit="a" * 40, leap=None),
+            dict(row("H20_S5", "CosFace", 0, 60.0), machine=INTEL, commit="b" * 40, leap=None),
+            dict(row("H20_S5", "LEAP-CF", 0, 61.0), machine=INTEL, commit="b" * 40, leap=None),
             row("natural", "CosFace", 0, 70.0)]  # no machine recorded: no file of its own
     names = longtail.write_campaigns(rows, str(tmp_path))
     assert names == ["longtail_AMD-EPYC_aaaaaaaaaaaa.md", "longtail_Intel-R-Xeon-R-Processor_bbbbbbbbbbbb.md"]
@@ -128,13 +130,10 @@ def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
 def test_report_only_rewrites_every_campaign_file(longtail, tmp_path):
     """``--report-only`` (what a campaign's end runs too) re-tabulates ``longtail.json`` into
     ``longtail.md`` and one file per campaign, training nothing."""
-    amd = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
-           "threads": 1}
-    intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
-    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=amd, commit="a" * 40, leap=None),
-            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=amd, commit="a" * 40, leap=None),
-            dict(row("H20_S3", "CosFace", 0, 60.0), machine=intel, commit="b" * 40, leap=None),
-            dict(row("H20_S3", "LEAP-CF", 0, 63.0), machine=intel, commit="b" * 40, leap=None)]
+    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=AMD, commit="a" * 40, leap=None),
+            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=AMD, commit="a" * 40, leap=None),
+            dict(row("H20_S3", "CosFace", 0, 60.0), machine=INTEL, commit="b" * 40, leap=None),
+            dict(row("H20_S3", "LEAP-CF", 0, 63.0), machine=INTEL, commit="b" * 40, leap=None)]
     (tmp_path / "longtail.json").write_text(json.dumps(rows))
     assert longtail.main(["--report-only", "--output", str(tmp_path), "--settings", "H20_S4",
                           "--methods", "CosFace", "LEAP-CF", "--seeds", "0"]) == 0
