@@ -9,11 +9,12 @@ The LEAP state is first filled from synthetic long-tailed data (20% of the class
 samples, the rest with 5, the tail classes narrower) so that the tail classes have feature
 clouds, in two geometries (``GEOMETRIES``: clouds of about 0.33 rad, as training on the
 sprites measures, and of about 1.6 rad, where many logits are clipped); every timed batch is
-drawn from clouded classes (every row pays for the perturbation and the alpha draws). Two LEAP settings: centers, memory and cloud widths updated every
-step (``period 1``, the default), and every 5 steps (``period 5``, the paper's face setting,
-Sec. 4.3), each with the eager perturbation and with the fused one (``use_fused``,
-torch.compile). The modules run alternately so that machine load hits all alike; the time of
-a setting is its median over the timed steps (a period-5 module pays its update on one step in 5).
+drawn from clouded classes (every row pays for the perturbation and the alpha draws). Two
+LEAP settings: centers, memory and cloud widths updated every step (``period 1``, the
+default), and every 5 steps (``period 5``, the paper's face setting, Sec. 4.3), each with the
+eager perturbation and with the fused one (``use_fused``, torch.compile). The modules run
+alternately so that machine load hits all alike; the time of a setting is its median over the
+timed steps (a period-5 module pays its update on one step in 5).
 Writes benchmarks/results/partial_fc.json and .md with the machine and commit.
 """
 from __future__ import annotations

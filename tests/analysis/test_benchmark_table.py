@@ -27,6 +27,11 @@ AMD = {"cpu": "AMD EPYC", "arch": "x86_64", "cores": 2, "gpu": None, "python": "
 INTEL = dict(AMD, cpu="Intel(R) Xeon(R) Processor")
 
 
+def on(machine, commit, r):
+    """``r`` as a run of ``machine`` at ``commit`` records it."""
+    return dict(r, machine=machine, commit=commit, leap=None)
+
+
 def table_rows(text):
     return {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| H20_S4") or line.startswith("| natural")}
@@ -90,9 +95,6 @@ def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
             "threads": 1}
     there = dict(here, cpu="CPU B")
 
-    def on(machine, commit, r):
-        return dict(r, machine=machine, commit=commit, leap=None)
-
     rows = [row("H20_S4", "CosFace", 0, 50.0), row("H20_S4", "LEAP-CF", 0, 70.0),  # not recorded
             on(there, "c" * 40, row("H20_S4", "CosFace", 0, 40.0)),
             on(here, "a" * 40, row("H20_S4", "CosFace", 0, 55.0)),
@@ -112,10 +114,10 @@ def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
 
 def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
     """A campaign on a second machine must not replace the first campaign's table."""
-    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=AMD, commit="a" * 40, leap=None),
-            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=AMD, commit="a" * 40, leap=None),
-            dict(row("H20_S5", "CosFace", 0, 60.0), machine=INTEL, commit="b" * 40, leap=None),
-            dict(row("H20_S5", "LEAP-CF", 0, 61.0), machine=INTEL, commit="b" * 40, leap=None),
+    rows = [on(AMD, "a" * 40, row("H20_S4", "CosFace", 0, 50.0)),
+            on(AMD, "a" * 40, row("H20_S4", "LEAP-CF", 0, 54.0)),
+            on(INTEL, "b" * 40, row("H20_S5", "CosFace", 0, 60.0)),
+            on(INTEL, "b" * 40, row("H20_S5", "LEAP-CF", 0, 61.0)),
             row("natural", "CosFace", 0, 70.0)]  # no machine recorded: no file of its own
     names = longtail.write_campaigns(rows, str(tmp_path))
     assert names == ["longtail_AMD-EPYC_aaaaaaaaaaaa.md", "longtail_Intel-R-Xeon-R-Processor_bbbbbbbbbbbb.md"]
@@ -130,10 +132,10 @@ def test_each_campaign_keeps_its_own_table(longtail, tmp_path):
 def test_report_only_rewrites_every_campaign_file(longtail, tmp_path):
     """``--report-only`` (what a campaign's end runs too) re-tabulates ``longtail.json`` into
     ``longtail.md`` and one file per campaign, training nothing."""
-    rows = [dict(row("H20_S4", "CosFace", 0, 50.0), machine=AMD, commit="a" * 40, leap=None),
-            dict(row("H20_S4", "LEAP-CF", 0, 54.0), machine=AMD, commit="a" * 40, leap=None),
-            dict(row("H20_S3", "CosFace", 0, 60.0), machine=INTEL, commit="b" * 40, leap=None),
-            dict(row("H20_S3", "LEAP-CF", 0, 63.0), machine=INTEL, commit="b" * 40, leap=None)]
+    rows = [on(AMD, "a" * 40, row("H20_S4", "CosFace", 0, 50.0)),
+            on(AMD, "a" * 40, row("H20_S4", "LEAP-CF", 0, 54.0)),
+            on(INTEL, "b" * 40, row("H20_S3", "CosFace", 0, 60.0)),
+            on(INTEL, "b" * 40, row("H20_S3", "LEAP-CF", 0, 63.0))]
     (tmp_path / "longtail.json").write_text(json.dumps(rows))
     assert longtail.main(["--report-only", "--output", str(tmp_path), "--settings", "H20_S4",
                           "--methods", "CosFace", "LEAP-CF", "--seeds", "0"]) == 0
