@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Face benchmark on real images: leap-face-train on Wesnoth's unit sprites as identity folders.
 
-    python benchmarks/face.py                    # every method x seed (about an hour on 2 CPU cores, --jobs 2)
+    python benchmarks/face.py                    # every method x seed (about 1.5 hours on 2 CPU cores, --jobs 2)
     python benchmarks/face.py --methods CosFace LEAP-CV --seeds 0 --jobs 2
 
 No face-identity data set can be downloaded here, so the face path is measured on the real,
@@ -12,8 +12,8 @@ each); the held-out identities give identity-disjoint verification pairs written
 insightface ``.bin`` (10-fold accuracy, TPR at FPR 1e-3 / 1e-4) and a MegaFace-style rank-1
 identification with distractors (probes of half the held-out identities against the
 images of the other half). Methods: the paper's face rows, CosFace vs LEAP-CV and ArcFace vs
-LEAP-AV, plus LDAM. Network: MobileFaceNet (arcface_torch's ``mbf``) at 48 x 48, 4 epochs,
-sized for a 2-core CPU (15 runs in about an hour with --jobs 2). Each run records its machine
+LEAP-AV, plus LDAM, ElasticFace (Cos and Arc) and GCL. Network: MobileFaceNet (arcface_torch's ``mbf``) at 48 x 48, 4 epochs,
+sized for a 2-core CPU (24 runs in about 1.5 hours with --jobs 2). Each run records its machine
 and commit; paired differences pair runs of one seed, machine and commit. Writes ``benchmarks/results/face.{json,md}``; finished runs are
 reused.
 """
@@ -56,6 +56,11 @@ METHODS = {
     "ArcFace": (dict(margin_list=ARCFACE), None),
     "LEAP-AV": (dict(margin_list=ARCFACE, leap=dict(LEAP, version="vanilla")), "ArcFace"),
     "LDAM": (dict(margin_list=(1.0, 0.0, 0.0), long_tail_loss=dict(method="ldam")), "CosFace"),
+    # LEAP's closest relatives: ElasticFace (the same random margin for every class, mean = the
+    # baseline's margin) and GCL (noise by class count; the paper's first stage, no margin)
+    "ElasticFace-Cos": (dict(margin_list=COSFACE, long_tail_loss=dict(method="elastic_face")), "CosFace"),
+    "ElasticFace-Arc": (dict(margin_list=ARCFACE, long_tail_loss=dict(method="elastic_face")), "ArcFace"),
+    "GCL": (dict(margin_list=(1.0, 0.0, 0.0), long_tail_loss=dict(method="gcl")), "CosFace"),
 }
 METRICS = ("accuracy", "tpr@fpr=0.001", "tpr@fpr=0.0001", "rank1")
 

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..core.distributed import init_process_group
-from ..face import LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
+from ..face import LeapMarginLoss, LeapPartialFC, peer_margin_loss
 from ..face.backbones import build_backbone, load_backbone_weights
 from ..face.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ..face.config import ConfigError, load_config
@@ -201,7 +201,7 @@ def build_partial_fc(cfg: SimpleNamespace, counts: list[int], num_classes: int, 
     alpha_mode, exact_grad = leap.pop("alpha_mode"), leap.pop("exact_grad")
     if cfg.long_tail_loss:  # a peer long-tail method instead of LEAP (validated: leap disabled)
         options = dict(cfg.long_tail_loss)
-        margin = LongTailMarginLoss(cfg.scale, counts, options.pop("method"), cfg.margin_list, **options)
+        margin = peer_margin_loss(cfg.scale, counts, options.pop("method"), cfg.margin_list, **options)
     else:
         margin = LeapMarginLoss(cfg.scale, *cfg.margin_list, cfg.interclass_filtering_threshold,
                                 alpha_mode=alpha_mode, exact_grad=exact_grad)

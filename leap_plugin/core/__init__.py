@@ -4,7 +4,8 @@
 - :mod:`.cloud`: perturbed CosFace / ArcFace logits and alpha sampling (Eq. 7-8)
 - :mod:`.variance`: head variance (Eq. 6) and sample-count-weighted variance (Eq. 9)
 - :mod:`.memory`: class centers (Eq. 4), angle memory (Eq. 5), per-class statistics
-- :mod:`.longtail`: the peer methods' count-dependent margins, logit offsets and weights
+- :mod:`.longtail`: the peer methods' count-dependent margins, logit offsets, noise and weights
+- :mod:`.elastic`: ElasticFace's random per-sample margins
 """
 from .cloud import arcface_logits, clouded_logits, cosface_logits, perturbed_cos, sample_alpha
 from .memory import LeapMemory

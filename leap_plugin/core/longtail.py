@@ -14,6 +14,8 @@ which take an (N, 1) tensor of per-sample margins (:func:`per_sample`) as well a
   2020 Competition Third Place Solution", arXiv:2010.05350, 2020.
 - Class-balanced weights: Cui et al., "Class-Balanced Loss Based on Effective Number of
   Samples", CVPR 2019.
+- Gaussian Clouded Logit (GCL): Li et al., "Long-Tailed Visual Recognition via Gaussian
+  Clouded Logit Adjustment", CVPR 2022 (noise on every cosine, its size from the class count).
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from ..validation import require_counts
 from .cloud import arcface_logits, cosface_logits
 
 __all__ = [
-    "Counts", "ldam_margins", "logit_adjustment", "adaptive_arc_margins", "effective_number_weights",
-    "per_sample", "weighted_cross_entropy", "CountMethod", "COUNT_METHODS",
+    "Counts", "ldam_margins", "logit_adjustment", "adaptive_arc_margins", "gcl_amplitudes", "gcl_noise",
+    "effective_number_weights", "per_sample", "weighted_cross_entropy", "CountMethod", "COUNT_METHODS",
 ]
 
 #: Per-class training sample counts K_i, indexed by class id.
@@ -70,6 +72,31 @@ def adaptive_arc_margins(counts: Counts, a: float = 0.5, lam: float = 0.25, b: f
     ``a + b``. Returns (C,) float32.
     """
     return (a * _counts(counts).pow(-lam) + b).float()
+
+
+def gcl_amplitudes(counts: Counts, noise_mul: float = 0.5) -> torch.Tensor:
+    """GCL's per-class noise amplitude ``noise_mul * (ln K_max - ln K_i) / (ln K_max - ln K_min)``
+    (Li et al. 2022, Eq. 6 and their code's ``noise_mul``; 0.5 in their first stage).
+
+    The most frequent class gets no noise, the rarest the full ``noise_mul`` (a cosine, unitless).
+    When every class has the same count there is nothing to adjust: all amplitudes are 0 (the
+    formula itself would divide zero by zero). Returns (C,) float32.
+    """
+    log_k = _counts(counts).log()
+    spread = log_k.max() - log_k.min()
+    if float(spread) == 0.0:
+        return torch.zeros(log_k.numel())
+    return (noise_mul * (log_k.max() - log_k) / spread).float()
+
+
+#: Standard deviation of GCL's Gaussian noise before its clamp to [-1, 1] (Li et al. 2022).
+GCL_NOISE_STD = 1.0 / 3.0
+
+
+def gcl_noise(normal: torch.Tensor) -> torch.Tensor:
+    """``|eps|`` with ``eps = clamp(normal / 3, -1, 1)``: GCL's noise ``eps ~ N(0, (1/3)^2)``
+    clamped to [-1, 1], from standard normal draws ``normal`` (float32)."""
+    return (normal.float() * GCL_NOISE_STD).clamp_(-1.0, 1.0).abs_()
 
 
 def effective_number_weights(counts: Counts, beta: float = 0.9999) -> torch.Tensor:
@@ -126,8 +153,10 @@ class CountMethod:
         name: the method's name in configs (``long_tail_loss.method``, ``PEER_METHODS``).
         vector: ``vector(counts, **options) -> (C,)`` per-class margins or logit offsets.
         apply: how the vector enters the logits: ``"cosine_margin"`` (CosFace with a per-class
-            cosine margin), ``"angular_margin"`` (ArcFace with a per-class angle in radians) or
-            ``"logit_offset"`` (added to every scaled logit, on top of a plain CosFace margin).
+            cosine margin), ``"angular_margin"`` (ArcFace with a per-class angle in radians),
+            ``"logit_offset"`` (added to every scaled logit, on top of a plain CosFace margin) or
+            ``"cosine_noise"`` (GCL: ``cos_nj - a_j * |eps_nj|`` on every column, a fresh draw
+            per element, then a plain CosFace margin on the target).
         uses_margin: whether the plain margin (``MODEL.HEADS.MARGIN``, ``m3``) still applies.
 
     The hyperparameters and their defaults (the papers') are the keyword arguments of
@@ -138,6 +167,11 @@ class CountMethod:
     vector: Callable[..., torch.Tensor]
     apply: str
     uses_margin: bool = False
+
+    @property
+    def random(self) -> bool:
+        """Whether the logits take random draws (:meth:`logits`' ``normal``)."""
+        return self.apply == "cosine_noise"
 
     @property
     def options(self) -> dict[str, float]:
@@ -151,12 +185,20 @@ class CountMethod:
         return self.vector(counts, **{**self.options, **options})
 
     def logits(self, cos: torch.Tensor, labels: torch.Tensor, scale: float, per_class: torch.Tensor,
-               margin: float = 0.0, columns: torch.Tensor | None = None) -> torch.Tensor:
+               margin: float = 0.0, columns: torch.Tensor | None = None,
+               normal: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled logits of cosines ``cos`` (N, C) whose column j is class ``columns[j]``
-        (default: class j); ``labels`` are columns, -1 = not among them."""
+        (default: class j); ``labels`` are columns, -1 = not among them. A :attr:`random`
+        method takes ``normal``, (N, C) standard normal draws (default: drawn here from
+        torch's global generator)."""
         values = per_class.to(cos.device) if columns is None else per_class.to(cos.device)[columns]
         if self.apply == "logit_offset":
             return cosface_logits(cos, labels, scale, margin) + values.to(cos.dtype)
+        if self.apply == "cosine_noise":
+            if normal is None:
+                normal = torch.randn(cos.shape, device=cos.device)
+            noisy = cos.float() - values.float() * gcl_noise(normal)
+            return cosface_logits(noisy.to(cos.dtype), labels, scale, margin)
         margins = per_sample(values, labels)  # (N, 1); rows with label -1 have no target
         if self.apply == "cosine_margin":
             return cosface_logits(cos, labels, scale, margins.to(cos.dtype))
@@ -168,5 +210,6 @@ COUNT_METHODS: dict[str, CountMethod] = {
     "ldam": CountMethod("ldam", ldam_margins, "cosine_margin"),
     "balanced_softmax": CountMethod("balanced_softmax", logit_adjustment, "logit_offset", uses_margin=True),
     "adaptive_arc": CountMethod("adaptive_arc", adaptive_arc_margins, "angular_margin"),
+    "gcl": CountMethod("gcl", gcl_amplitudes, "cosine_noise", uses_margin=True),
 }
 

@@ -63,7 +63,7 @@ DEFAULTS = {
     "output": None,
     "resume": False,
     "long_tail": None,               # dict(head=, tail_classes=, tail_samples=, seed=)
-    "long_tail_loss": None,          # dict(method="ldam" | "balanced_softmax" | "adaptive_arc", **options)
+    "long_tail_loss": None,          # dict(method=<a key of LONG_TAIL_METHODS>, **options), instead of LEAP
     "leap": {},
 }
 
@@ -206,13 +206,22 @@ def _validate_long_tail_loss(loss: Optional[dict], cfg: dict) -> Optional[dict]:
     check_choice("long_tail_loss.method", loss["method"], methods)
     options = LONG_TAIL_METHODS[loss["method"]]
     _check_keys("long_tail_loss", loss, ["method", *options])
-    for key in options:
-        if key in loss:
-            check_number(f"long_tail_loss.{key}", loss[key], 0)
     if cfg["leap"]["enabled"]:
         fail("long_tail_loss", loss, "is an alternative to LEAP: set leap.enabled = False or long_tail_loss = None")
     if cfg["interclass_filtering_threshold"] != 0:
         fail("interclass_filtering_threshold", cfg["interclass_filtering_threshold"],
              "is not supported with long_tail_loss: set it to 0")
-    check_margin_list(cfg["margin_list"], COUNT_METHODS[loss["method"]])
+    if loss["method"] == "elastic_face":
+        if loss.get("std") is not None:
+            check_number("long_tail_loss.std", loss["std"], 0, hint="None: the paper's")
+        check_choice("long_tail_loss.plus", loss.get("plus", False), (False, True))
+        _, m2, m3 = check_margin_list(cfg["margin_list"])
+        if m2 == 0 and m3 == 0:
+            fail("margin_list", cfg["margin_list"], "ElasticFace draws margins around a mean: use (1.0, m, 0.0) "
+                 "for ElasticFace-Arc or (1.0, 0.0, m) for ElasticFace-Cos, m > 0")
+    else:
+        for key in options:
+            if key in loss:
+                check_number(f"long_tail_loss.{key}", loss[key], 0)
+        check_margin_list(cfg["margin_list"], COUNT_METHODS[loss["method"]])
     return {**options, **loss}

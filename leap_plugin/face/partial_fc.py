@@ -61,8 +61,10 @@ def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor.clone())
 
 
-#: Columns per block of the per-logit alpha draws (see :meth:`LeapPartialFC._alpha`).
+#: Columns per block of the per-logit draws (see :meth:`LeapPartialFC._normal`).
 ALPHA_BLOCK = 4096
+# Offset of a second stream of draws in the generator seeds (LEAP's alpha is stream 0).
+_STREAM = 2 ** 40
 
 
 class _GatherRows(torch.autograd.Function):
@@ -309,27 +311,61 @@ class LeapPartialFC(nn.Module):
         local = torch.where(here, torch.searchsorted(index, local.clamp_min(0)), local)
         return index, local, first
 
-    def _alpha(self, std: torch.Tensor, first: int, columns: int, device: torch.device) -> torch.Tensor:
-        """Alpha of the clouded rows (std ``std``, (R,)) for this rank's ``columns`` logit
-        columns, which are positions ``first .. first + columns - 1`` of the global column list.
+    def _normal(self, rows: int, first: int, columns: int, device: torch.device, stream: int = 0) -> torch.Tensor:
+        """(rows, columns) standard normal draws for the logit columns at positions
+        ``first .. first + columns - 1`` of the global column list.
 
-        Per logit: the global list is cut into blocks of :data:`ALPHA_BLOCK` columns, each
-        drawn from a generator seeded by (seed, step, block), so a (row, class) pair gets the
-        same alpha whatever the number of ranks. Per sample: one draw per row from a
-        generator seeded by (seed, step), the same on every rank."""
+        The global list is cut into blocks of :data:`ALPHA_BLOCK` columns, each drawn from a
+        generator seeded by (seed, step, block, ``stream``), so a (row, class) pair gets the
+        same draw whatever the number of ranks. ``stream`` 0: LEAP's alpha; 1: a random margin's."""
         gen = torch.Generator(device=device)
-        key = (self.seed * 1_000_003 + int(self.step)) * 1_000_033
-        if self.margin_loss.alpha_mode == "sample":
-            gen.manual_seed(key % 2 ** 62)
-            return torch.randn((std.numel(), 1), generator=gen, device=device) * std[:, None]
+        key = (self.seed * 1_000_003 + int(self.step)) * 1_000_033 + stream * _STREAM
         blocks = []
         for block in range(first // ALPHA_BLOCK, (first + columns - 1) // ALPHA_BLOCK + 1 if columns else 0):
             gen.manual_seed((key + 1 + block) % 2 ** 62)
-            blocks.append(torch.randn((std.numel(), ALPHA_BLOCK), generator=gen, device=device))
+            blocks.append(torch.randn((rows, ALPHA_BLOCK), generator=gen, device=device))
         if not blocks:
-            return std.new_zeros((std.numel(), 0))
+            return torch.zeros((rows, 0), device=device)
         start = first - (first // ALPHA_BLOCK) * ALPHA_BLOCK
-        return torch.cat(blocks, dim=1)[:, start:start + columns] * std[:, None]
+        return torch.cat(blocks, dim=1)[:, start:start + columns]
+
+    def _row_normal(self, rows: int, device: torch.device, stream: int = 0) -> torch.Tensor:
+        """(rows, 1) standard normal draws, one per row, from a generator seeded by (seed,
+        step, ``stream``): the same on every rank."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(((self.seed * 1_000_003 + int(self.step)) * 1_000_033 + stream * _STREAM) % 2 ** 62)
+        return torch.randn((rows, 1), generator=gen, device=device)
+
+    def _alpha(self, std: torch.Tensor, first: int, columns: int, device: torch.device) -> torch.Tensor:
+        """Alpha of the clouded rows (std ``std``, (R,)) for this rank's ``columns`` logit
+        columns, which are positions ``first .. first + columns - 1`` of the global column list:
+        per logit from :meth:`_normal`, per sample from :meth:`_row_normal`; either way a
+        (row, class) pair gets the same alpha whatever the number of ranks."""
+        if self.margin_loss.alpha_mode == "sample":
+            return self._row_normal(std.numel(), device) * std[:, None]
+        return self._normal(std.numel(), first, columns, device) * std[:, None]
+
+    def _margin_inputs(self, cos: torch.Tensor, local: torch.Tensor, labels: torch.Tensor, rows, first: int) -> dict:
+        """What the margin callable asks for beyond ``(logits, labels)``: the global class id
+        of each column (``uses_columns``, count-aware margins), its random draws (``draws``:
+        ``"logit"`` or ``"row"``) and, for ElasticFace+, the whole batch's target cosines
+        (``needs_target_cos``), each independent of the sharding."""
+        margin, extra = self.margin_loss, {}
+        if getattr(margin, "uses_columns", False):
+            ids = torch.arange(self.num_local, device=cos.device) if rows is None else rows
+            extra["columns"] = ids + self.class_start
+        draws = getattr(margin, "draws", None)
+        if draws == "logit":
+            extra["normal"] = self._normal(cos.shape[0], first, cos.shape[1], cos.device, stream=1)
+        elif draws == "row":
+            extra["normal"] = self._row_normal(cos.shape[0], cos.device, stream=1)[:, 0]
+        if getattr(margin, "needs_target_cos", False):
+            here = (local >= 0).nonzero(as_tuple=True)[0]
+            target = cos.new_zeros(cos.shape[0])
+            target[here] = cos.detach()[here, local[here]]
+            target = _all_reduce(target)
+            extra["target_cos"] = target.masked_fill(labels < 0, float("nan"))
+        return extra
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         local_labels = local_labels.reshape(-1).long()
@@ -370,12 +406,8 @@ class LeapPartialFC(nn.Module):
         if clouded is not None and clouded.numel():
             alpha = self._alpha(variance[clouded].sqrt(), first, cos.shape[1], cos.device)
             logits = self.margin_loss(cos, local, alpha=alpha, rows=clouded)
-        elif getattr(self.margin_loss, "uses_columns", False):
-            # Count-aware margins (LongTailMarginLoss) need each column's global class id.
-            first = torch.arange(self.num_local, device=cos.device) if rows is None else rows
-            logits = self.margin_loss(cos, local, columns=first + self.class_start)
         else:
-            logits = self.margin_loss(cos, local)
+            logits = self.margin_loss(cos, local, **self._margin_inputs(cos, local, labels, rows, first))
         loss = _ShardedCrossEntropy.apply(logits.float(), local.reshape(-1), labels >= 0)
 
         if self.training:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +20,7 @@ from ..core import DEFAULTS, LeapSettings
 from ..core.longtail import COUNT_METHODS
 from ..data.folders import WESNOTH_UNITS
 from ..resources import find_config
-from ..validation import ConfigError, check_choice, check_int, check_number, fail
+from ..validation import ConfigError, check_bool, check_choice, check_int, check_number, fail
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
@@ -37,6 +38,7 @@ PEER_CONFIG = {
     "ldam": ("LDAM", {"max_m": "MAX_M"}),
     "balanced_softmax": ("LOGIT_ADJUST", {"tau": "TAU"}),
     "adaptive_arc": ("ADAPTIVE_ARC", {"a": "A", "lam": "LAMBDA", "b": "B"}),
+    "gcl": ("GCL", {"noise_mul": "NOISE_MUL"}),
 }
 
 # One plain line per key: (node, key, default, meaning). LEAP's own keys come from
@@ -58,6 +60,10 @@ _KEYS = (
     ("DATASETS.WESNOTH", "TEST_FRACTION", 0.5, "fraction of the identities held out for query / gallery"),
     ("DATASETS.WESNOTH", "QUERY_PER_ID", 1, "queries per test identity"),
     ("DATASETS.WESNOTH", "SEED", 0, "seed of the identity and query draws"),
+    ("MODEL.HEADS.ELASTIC", "MEAN", -1.0, "ElasticFace: mean of the margin draws; < 0: MODEL.HEADS.MARGIN"),
+    ("MODEL.HEADS.ELASTIC", "STD", -1.0, "ElasticFace: std of the margin draws; < 0: the paper's "
+                                         "(0.05; ElasticFace+ 0.0175 Arc, 0.02 Cos)"),
+    ("MODEL.HEADS.ELASTIC", "PLUS", False, "ElasticFace+: the smallest margins to the samples closest to their class"),
     ("DATALOADER", "LONG_TAIL_Q", 0.5, "LongTailIdentitySampler: identity drawn with probability ~ K_i^q"),
     ("MODEL.LOSSES.CLASS_BALANCED", "ENABLED", False, "effective-number weights (Cui et al. 2019)"),
     ("MODEL.LOSSES.CLASS_BALANCED", "BETA", 0.9999, "beta of Cui et al. (and LDAM-DRW)"),
@@ -130,6 +136,17 @@ def peer_options(cfg: CN, method: str) -> dict[str, float]:
     return {option: float(cfg.MODEL.HEADS[node_name][key]) for option, key in keys.items()}
 
 
+def elastic_options(cfg: CN, kind: str) -> dict[str, Any]:
+    """ElasticFace's ``mean``, ``std`` and ``plus`` from ``MODEL.HEADS.ELASTIC`` (negative
+    mean / std: ``MODEL.HEADS.MARGIN`` / the paper's std of the variant)."""
+    from ..core.elastic import paper_std
+
+    node = cfg.MODEL.HEADS.ELASTIC
+    plus = bool(node.PLUS)
+    return {"mean": float(cfg.MODEL.HEADS.MARGIN if node.MEAN < 0 else node.MEAN),
+            "std": float(paper_std(kind, plus) if node.STD < 0 else node.STD), "plus": plus}
+
+
 def validate_config(cfg: CN) -> None:
     """Fail early, with the key and the allowed values, on LEAP / long-tail / peer / device
     settings that cannot work. Call after merging files and command-line overrides."""
@@ -160,6 +177,10 @@ def validate_config(cfg: CN) -> None:
     for method, (node_name, keys) in PEER_CONFIG.items():
         for key in keys.values():
             check_number(f"MODEL.HEADS.{node_name}.{key}", cfg.MODEL.HEADS[node_name][key], 0.0)
+    elastic = cfg.MODEL.HEADS.ELASTIC
+    check_number("MODEL.HEADS.ELASTIC.MEAN", elastic.MEAN, -math.inf, hint="< 0: MODEL.HEADS.MARGIN")
+    check_number("MODEL.HEADS.ELASTIC.STD", elastic.STD, -math.inf, hint="< 0: the paper's std")
+    check_bool("MODEL.HEADS.ELASTIC.PLUS", elastic.PLUS)
     cb = cfg.MODEL.LOSSES.CLASS_BALANCED
     check_number("MODEL.LOSSES.CLASS_BALANCED.BETA", cb.BETA, 0.0, 1.0,
                  hint="0 no re-weighting, 0.9999 the papers' default")

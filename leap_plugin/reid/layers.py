@@ -20,12 +20,14 @@ import torch
 from fastreid.layers import any_softmax
 
 from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
+from ..core.elastic import elastic_logits, paper_std
 from ..core.longtail import COUNT_METHODS, CountMethod, per_sample
 from ..validation import require_counts
 
 __all__ = [
     "CLS_LAYERS", "register_layer", "cloud_layers", "configure_layers", "LeapCosSoftmax", "LeapArcSoftmax",
-    "ClassCounts", "CountAwareSoftmax", "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "LeapLDAMSoftmax",
+    "ClassCounts", "CountAwareSoftmax", "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "GCLSoftmax",
+    "LeapLDAMSoftmax", "ElasticCosSoftmax", "ElasticArcSoftmax",
 ]
 
 #: name -> layer class, every classification layer this plugin adds to fastreid.
@@ -182,6 +184,62 @@ class AdaptiveArcSoftmax(CountAwareSoftmax):
     (the authors' competition code instead rescales ``K_i^(-1/4)`` to [0.05, 0.5])."""
 
     method = COUNT_METHODS["adaptive_arc"]
+
+
+@register_layer
+class GCLSoftmax(CountAwareSoftmax):
+    """Gaussian Clouded Logit (Li et al., CVPR 2022): every cosine, the target's included,
+    loses ``a_j * |eps_nj|`` before scaling, ``eps ~ N(0, (1/3)^2)`` clamped to [-1, 1] and
+    drawn afresh per element, ``a_j = noise_mul * (ln K_max - ln K_j) / (ln K_max - ln K_min)``
+    (``MODEL.HEADS.GCL.NOISE_MUL``, 0.5 in the paper's first stage): no noise for the most
+    frequent class, the most for the rarest. ``MODEL.HEADS.MARGIN`` stays a CosFace margin on
+    the target, subtracted after the noise (0 in the paper). The paper's optional second
+    stage (re-training the classifier with balanced sampling) is not part of this layer."""
+
+    method = COUNT_METHODS["gcl"]
+
+
+class _ElasticSoftmax(any_softmax.Linear):
+    """ElasticFace (Boutros et al., CVPR-W 2022): each sample's margin drawn from
+    ``N(mean, std^2)`` at every step (:mod:`leap_plugin.core.elastic`). From the config
+    (:meth:`configure`): ``MODEL.HEADS.ELASTIC.MEAN`` (< 0: ``MODEL.HEADS.MARGIN``),
+    ``.STD`` (< 0: the paper's, 0.05, or for ElasticFace+ 0.0175 Arc / 0.02 Cos) and ``.PLUS``
+    (ElasticFace+: the smallest draws to the samples closest to their class)."""
+
+    kind: str
+
+    def __init__(self, num_classes: int, scale: float, margin: float):
+        super().__init__(num_classes, scale, margin)
+        self.plus = False
+        self.std = paper_std(self.kind)
+
+    def configure(self, cfg) -> None:
+        from .config import elastic_options
+
+        options = elastic_options(cfg, self.kind)
+        self.m, self.std, self.plus = options["mean"], options["std"], options["plus"]
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return elastic_logits(self.kind, logits, targets, self.s, self.m, self.std, self.plus)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, scale={self.s}, mean={self.m}, std={self.std}, plus={self.plus}"
+
+
+@register_layer
+class ElasticCosSoftmax(_ElasticSoftmax):
+    """ElasticFace-Cos: target ``s * (cos theta_y - m_n)``, ``m_n ~ N(mean, std^2)`` a cosine
+    margin per sample (the paper: mean 0.35, std 0.05)."""
+
+    kind = "cos"
+
+
+@register_layer
+class ElasticArcSoftmax(_ElasticSoftmax):
+    """ElasticFace-Arc: target ``s * cos(theta_y + m_n)``, ``m_n ~ N(mean, std^2)`` an angle in
+    radians per sample (the paper: mean 0.5, std 0.05); the angle is clipped at pi."""
+
+    kind = "arc"
 
 
 @register_layer

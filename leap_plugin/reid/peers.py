@@ -96,4 +96,10 @@ PEER_METHODS: dict[str, list[str]] = {
     "balanced_softmax": ["MODEL.HEADS.CLS_LAYER", "BalancedSoftmax", "MODEL.HEADS.MARGIN", "0.0"],
     "adaptive_arc": ["MODEL.HEADS.CLS_LAYER", "AdaptiveArcSoftmax", "MODEL.HEADS.SCALE", "16"],
     "cb_cosface": _CLASS_BALANCED,
+    # the closest relatives of LEAP: noise on the logits by class count (GCL, the paper's first
+    # stage without a margin) or the same random margin distribution for every class
+    # (ElasticFace, mean = the baseline's margin)
+    "gcl": ["MODEL.HEADS.CLS_LAYER", "GCLSoftmax", "MODEL.HEADS.MARGIN", "0.0"],
+    "elastic_cos": ["MODEL.HEADS.CLS_LAYER", "ElasticCosSoftmax"],
+    "elastic_arc": ["MODEL.HEADS.CLS_LAYER", "ElasticArcSoftmax", "MODEL.HEADS.SCALE", "16"],
 }

@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from leap_plugin.face import LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
+from leap_plugin.face import ElasticMarginLoss, LeapMarginLoss, LeapPartialFC, LongTailMarginLoss
 from leap_plugin.face.partial_fc import shard_range
 
 NUM_CLASSES, DIM, STEPS = 13, 8, 4
@@ -13,7 +13,11 @@ CASES = [(1.0, "sample", True), (0.5, "sample", True), (0.5, "logit", False),
          (1.0, "logit", True), (0.5, "logit", True),  # per-logit alpha with the cloud on
          # peer methods (LongTailMarginLoss, LEAP off): count-aware margins / offsets by global class
          (1.0, "logit", False, "balanced_softmax"), (0.5, "logit", False, "ldam"),
-         (0.5, "logit", False, "adaptive_arc")]
+         (0.5, "logit", False, "adaptive_arc"),
+         # random margins: GCL's per-element noise by global class, ElasticFace's per-row draws
+         # (and ElasticFace+'s pairing over the whole batch's target cosines)
+         (1.0, "logit", False, "gcl"), (0.5, "logit", False, "gcl"), (0.5, "logit", False, "elastic_face:arc"),
+         (1.0, "logit", False, "elastic_face:cos+"), (0.5, "logit", False, "elastic_face:arc+")]
 
 
 def _data():
@@ -33,7 +37,12 @@ def run_case(rank: int, world: int, sample_rate: float, alpha_mode: str, cloud: 
     """Train STEPS steps; return losses, gradients (global layout) and the LEAP state."""
     weight, batches = _data()
     start, num_local = shard_range(NUM_CLASSES, world, rank)
-    if peer:
+    if peer.startswith("elastic_face"):
+        form = peer.split(":")[1]
+        margin_list = (1.0, 0.3, 0.0) if form.startswith("arc") else (1.0, 0.0, 0.25)
+        margin = ElasticMarginLoss(16.0, *margin_list, std=0.1, plus=form.endswith("+"))
+        pfc = LeapPartialFC(margin, DIM, NUM_CLASSES, sample_rate, enabled=False, seed=3)
+    elif peer:
         margin = LongTailMarginLoss(16.0, COUNTS, peer, (1.0, 0.0, 0.2 if peer == "balanced_softmax" else 0.0))
         pfc = LeapPartialFC(margin, DIM, NUM_CLASSES, sample_rate, enabled=False, seed=3)
     else:

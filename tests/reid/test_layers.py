@@ -17,7 +17,10 @@ TARGETS = torch.tensor([0, 4, 3, -1, 5, 1, 2])
 #: name -> (reference kind, method of the count-aware peers or None)
 REFERENCE = {"LeapCosSoftmax": ("cos", None), "LeapArcSoftmax": ("arc", None), "LDAMSoftmax": ("cos", "ldam"),
              "BalancedSoftmax": ("cos", "balanced_softmax"), "AdaptiveArcSoftmax": ("arc", "adaptive_arc"),
-             "LeapLDAMSoftmax": ("cos", "ldam")}
+             "LeapLDAMSoftmax": ("cos", "ldam"), "GCLSoftmax": ("cos", "gcl"),
+             "ElasticCosSoftmax": ("cos", "elastic"), "ElasticArcSoftmax": ("arc", "elastic")}
+#: Layers whose logits take random draws from torch's global generator at every call.
+RANDOM = ("GCLSoftmax", "ElasticCosSoftmax", "ElasticArcSoftmax")
 
 
 def cosines(n=7, c=len(COUNTS), seed=0):
@@ -32,14 +35,20 @@ def build(name):
     return layer
 
 
-def want(name, cos, labels, alpha=None):
+def want(name, cos, labels, alpha=None, seed=0):
+    """The reference logits; a random layer's draws are torch's global generator's after
+    ``torch.manual_seed(seed)``, as the layer takes them."""
     kind, method = REFERENCE[name]
     if method is None:
         return reference.margin_logits(cos, labels, 16.0, kind, 0.2, alpha)
+    torch.manual_seed(seed)
+    if method == "elastic":
+        return reference.elastic_logits(kind, cos, labels, 16.0, 0.2, 0.05, torch.randn(cos.shape[0]))
     options = CLS_LAYERS[name].method.options
     if alpha is None:
         margin = 0.2 if CLS_LAYERS[name].method.uses_margin else 0.0
-        return reference.count_method_logits(method, cos, labels, 16.0, COUNTS, options, margin)
+        normal = torch.randn(cos.shape) if name in RANDOM else None
+        return reference.count_method_logits(method, cos, labels, 16.0, COUNTS, options, margin, normal=normal)
     return reference.margin_logits(cos, labels, 16.0, kind, reference.ldam_margins(COUNTS, **options), alpha)
 
 
@@ -51,7 +60,9 @@ def test_the_registry_has_every_layer_and_the_test_table_too():
 @pytest.mark.parametrize("name", sorted(CLS_LAYERS))
 def test_layer_is_found_by_fastreid_name_and_matches_the_reference(name):
     assert getattr(any_softmax, name) is CLS_LAYERS[name] and name in any_softmax.__all__
-    got = build(name)(cosines(), TARGETS)
+    layer = build(name)
+    torch.manual_seed(0)
+    got = layer(cosines(), TARGETS)
     torch.testing.assert_close(got.double(), want(name, cosines(), TARGETS), atol=2e-4, rtol=1e-5)
 
 
@@ -83,7 +94,10 @@ def test_count_aware_layer_needs_counts_and_checkpoints_them(name):
     with pytest.raises(ValueError, match="K_i >= 1"):
         fresh.set_class_counts([0] * len(COUNTS))
     fresh.load_state_dict(build(name).state_dict())
-    torch.testing.assert_close(fresh(cosines(), TARGETS), build(name)(cosines(), TARGETS))
+    torch.manual_seed(0)
+    restored = fresh(cosines(), TARGETS)
+    torch.manual_seed(0)
+    torch.testing.assert_close(restored, build(name)(cosines(), TARGETS))
 
 
 @pytest.mark.parametrize("cls,stock,margin", [("LDAMSoftmax", "CosSoftmax", 0.5),

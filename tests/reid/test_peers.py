@@ -81,6 +81,8 @@ def test_add_leap_config_is_idempotent_and_keeps_values():
 
 @pytest.mark.parametrize("opts,match", [
     (["MODEL.HEADS.LDAM.MAX_M", "-0.5"], "MODEL.HEADS.LDAM.MAX_M = -0.5.*>= 0"),
+    (["MODEL.HEADS.GCL.NOISE_MUL", "-1.0"], "MODEL.HEADS.GCL.NOISE_MUL = -1.0.*>= 0"),
+    (["MODEL.HEADS.ELASTIC.PLUS", "1"], "Type mismatch.*MODEL.HEADS.ELASTIC.PLUS"),
     (["MODEL.LOSSES.CLASS_BALANCED.BETA", "1.0"], "BETA = 1.0.*\\[0, 1\\)"),
     (["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "-1"], "START_EPOCH = -1"),
     (["MODEL.LOSSES.CLASS_BALANCED.ENABLED", "True"], "META_ARCHITECTURE = 'Baseline'.*LongTailBaseline"),
@@ -100,6 +102,29 @@ def test_configured_hyperparameters_reach_the_layer():
         "MODEL.HEADS.ADAPTIVE_ARC.A", "0.3", "MODEL.HEADS.ADAPTIVE_ARC.B", "0.1"])
     cls_layer = build_model(cfg).heads.cls_layer  # fastreid's Baseline: configured without LongTailBaseline
     assert type(cls_layer) is AdaptiveArcSoftmax and cls_layer.options == {"a": 0.3, "lam": 0.25, "b": 0.1}
+
+
+@pytest.mark.parametrize("extra,want", [
+    ([], {"m": 0.3, "std": 0.05, "plus": False}),
+    (["MODEL.HEADS.ELASTIC.PLUS", "True"], {"m": 0.3, "std": 0.0175, "plus": True}),
+    (["MODEL.HEADS.ELASTIC.MEAN", "0.45", "MODEL.HEADS.ELASTIC.STD", "0.01"], {"m": 0.45, "std": 0.01, "plus": False}),
+])
+def test_elastic_face_keys_reach_the_layer(extra, want):
+    from fastreid.modeling import build_model
+
+    cfg = load_config("", BUILD_OPTS + PEER_METHODS["elastic_arc"] + [
+        "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.HEADS.MARGIN", "0.3"] + extra)
+    layer = build_model(cfg).heads.cls_layer
+    assert type(layer).__name__ == "ElasticArcSoftmax"
+    assert {"m": layer.m, "std": layer.std, "plus": layer.plus} == pytest.approx(want)
+
+
+def test_gcl_noise_mul_reaches_the_layer():
+    from fastreid.modeling import build_model
+
+    cfg = load_config("", BUILD_OPTS + PEER_METHODS["gcl"] + [
+        "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.HEADS.GCL.NOISE_MUL", "0.2"])
+    assert build_model(cfg).heads.cls_layer.options == {"noise_mul": 0.2}
 
 
 # --------------------------------------------------------------------- shipped configs
@@ -168,9 +193,10 @@ def test_trains_through_leap_trainer(method, market, monkeypatch):
                                  "SOLVER.CHECKPOINT_PERIOD", "100"]
     trainer = LeapTrainer(load_config(path, opts))
     model = trainer.model
-    # K_i reached every module that depends on it (the layer, LongTailBaseline, LEAP's memory)
+    # K_i reached every module that depends on it (the layer, LongTailBaseline, LEAP's memory);
+    # ElasticFace alone draws the same margins for every class
     receivers = [m for m in model.modules() if hasattr(m, "set_class_counts")]
-    assert receivers
+    assert bool(receivers) != method.startswith("elastic")
     for module in receivers:
         assert sorted(module.class_counts.tolist(), reverse=True) == [12, 10, 8, 4, 4, 3, 3, 2]
     before = {k: v.clone() for k, v in model.state_dict().items()}
