@@ -9,6 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 WESNOTH_UNITS := /usr/share/games/wesnoth/1.16/data/core/images/units
+WIDELANDS_DATA := /usr/share/games/widelands/data
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install data test demo benchmark clean
@@ -28,9 +29,13 @@ $(STAMP): setup.py Makefile
 	$(PY) -m leap_plugin.reid.compat
 	touch $(STAMP)
 
+# the real image data: Wesnoth's unit sprites (demo, benchmarks) and Widelands' characters
+# (the benchmark's second data set), both from Debian packages, read where Debian installs them
 data:
 	@if [ -d "$(WESNOTH_UNITS)" ]; then echo "wesnoth-1.16-data: present"; else \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wesnoth-1.16-data; fi
+	@if [ -d "$(WIDELANDS_DATA)/tribes" ]; then echo "widelands-data: present"; else \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq widelands-data; fi
 
 test: install
 	$(PY) -m pytest -q tests

@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Long-tail benchmark on the Wesnoth sprites: every method x setting x seed.
+"""Long-tail benchmark on real data: every data set x method x setting x seed.
 
     python benchmarks/longtail.py                       # everything (hours on 2 CPU cores)
     python benchmarks/longtail.py --settings H20_S4 --methods CosFace LEAP-CF --seeds 0 1 2
+    python benchmarks/longtail.py --datasets widelands --settings H20_S4 --methods CosFace LEAP-CF
 
-Each run trains with ``leap-train`` (fastreid's trainer) from ``configs/Wesnoth/`` plus the
-method's and the setting's overrides, then ``leap-analyze`` measures the tail/head
+Data sets: ``wesnoth`` (Wesnoth's unit sprites) and ``widelands`` (Widelands' characters),
+both from Debian packages (``make data``). Each run trains with ``leap-train`` (fastreid's
+trainer) from the sprite configs ``configs/Wesnoth/``, unchanged but for the data set keys,
+plus the method's and the setting's overrides, then ``leap-analyze`` measures the tail/head
 angular-variance ratio of its training features in eval mode. A finished run (its
 ``results.json``) is never run again, so the script resumes where it stopped. Writes
 ``benchmarks/results/longtail.{json,md}``: mean +- std over seeds of mAP, Rank-1 and the
-tail/head variance ratio, with the machine it ran on (``longtail.md``: the latest campaign;
-``longtail_<cpu>_<commit>.md``: each campaign, one machine and commit, on its own).
+tail/head variance ratio, per data set, with the machine it ran on (``longtail.md``: the
+latest campaign; ``longtail_<cpu>_<commit>.md``: each campaign, one machine and commit, on
+its own). Every run records its ``dataset``.
 """
 from __future__ import annotations
 
@@ -47,21 +51,38 @@ PAIRED_ABLATIONS = {
 SWEEP_SCALES = (1.0, 2.0, 3.0, 5.0)
 _LDAM = ["MODEL.META_ARCHITECTURE", "LongTailBaseline", "MODEL.HEADS.CLS_LAYER", "LDAMSoftmax"]
 
-#: The campaigns of issue 16, each a set of runs for ``--plan``: the CLOUD_SCALE sweep, the
-#: controls and peers on <H20, S4> (5 seeds), and the other settings (3 seeds).
+#: The data sets: name -> the KEY VALUE overrides that point the sprite configs at it.
+DATASETS = {
+    "wesnoth": [],
+    "widelands": ["DATASETS.NAMES", '("WidelandsCharacters",)', "DATASETS.TESTS", '("WidelandsCharacters",)'],
+}
+DATASET_NAMES = {"wesnoth": "Wesnoth unit sprites (wesnoth-1.16-data)",
+                 "widelands": "Widelands characters (widelands-data)"}
+
+#: The campaigns, each a set of runs for ``--plan``: the CLOUD_SCALE sweep, the controls
+#: and peers on <H20, S4> (5 seeds), the other settings (3 seeds), and LEAP against its
+#: closest relatives on both data sets.
 MAIN_METHODS = ["CosFace", "ArcFace", "LEAP-CF", "LEAP-AF", "LEAP-CV", "LEAP-AV", "LEAP-CF uniform",
                 "LEAP-CF printed", "ldam", "LEAP-CF + LDAM"]
+RELATIVES = ["CosFace", "ArcFace", "LEAP-CF", "LEAP-AF", "LEAP-CF uniform", "ElasticFace-Cos", "ElasticFace-Arc",
+             "GCL", "ldam"]
+#: LEAP-CF is compared seed by seed with each of these (same data set, setting, machine, commit).
+RIVALS = ["LEAP-CF uniform", "ElasticFace-Cos", "GCL", "ldam"]
 
 
 def _scale_name(family: str, scale: float) -> str:
     return family if scale == DEFAULTS.cloud_scale else f"{family} scale {scale:g}"
 
 
+#: name -> [(data sets, settings, seeds, methods), ...]
 PLANS = {
-    "sweep": (["H20_S4"], [0, 1, 2, 3, 4],
-              ["CosFace", "ArcFace"] + [_scale_name(f, s) for f in ("LEAP-CF", "LEAP-AF") for s in SWEEP_SCALES]),
-    "s4": (["H20_S4"], [0, 1, 2, 3, 4], MAIN_METHODS),
-    "grid": (["natural", "H20_S5", "H20_S3"], [0, 1, 2], MAIN_METHODS),
+    "sweep": [(["wesnoth"], ["H20_S4"], [0, 1, 2, 3, 4],
+               ["CosFace", "ArcFace"] + [_scale_name(f, s) for f in ("LEAP-CF", "LEAP-AF") for s in SWEEP_SCALES])],
+    "s4": [(["wesnoth"], ["H20_S4"], [0, 1, 2, 3, 4], MAIN_METHODS)],
+    "grid": [(["wesnoth"], ["natural", "H20_S5", "H20_S3"], [0, 1, 2], MAIN_METHODS)],
+    "relatives": [(["wesnoth"], ["H20_S4"], [0, 1, 2, 3, 4], RELATIVES),
+                  (["widelands"], ["H20_S4"], [0, 1, 2],
+                   RELATIVES + [_scale_name("LEAP-CF", s) for s in SWEEP_SCALES if s != DEFAULTS.cloud_scale])],
 }
 
 
@@ -99,21 +120,26 @@ def methods() -> dict[str, tuple[str, list[str]]]:
         table[f"LEAP-CF {suffix}"] = ("leap_cf_mnv2.yml", list(overrides))
     for name, overrides in PEER_METHODS.items():
         extra = _DRW_EPOCH if name == "ldam_drw" else []
-        table[name] = ("cosface_mnv2.yml", list(overrides) + extra)
+        table[RELATIVE_NAMES.get(name, name)] = ("cosface_mnv2.yml", list(overrides) + extra)
     return table
 
 
-def run_dir_of(out: str, commit: str, setting: str, method: str, seed: int) -> str:
+#: Display names of the closest relatives among the peer methods.
+RELATIVE_NAMES = {"gcl": "GCL", "elastic_cos": "ElasticFace-Cos", "elastic_arc": "ElasticFace-Arc"}
+
+
+def run_dir_of(out: str, commit: str, dataset: str, setting: str, method: str, seed: int) -> str:
     """Runs are kept per commit: a finished run is reused only by the code that trained it."""
     name = method.replace(" ", "_").replace("/", "_").replace("+", "plus")
-    return os.path.join(out, "runs", commit[:12], setting, name, f"seed{seed}")
+    return os.path.join(out, "runs", commit[:12], dataset, setting, name, f"seed{seed}")
 
 
-def run_one(setting: str, method: str, seed: int, out: str, threads: int | None = None) -> dict:
+def run_one(dataset: str, setting: str, method: str, seed: int, out: str, threads: int | None = None) -> dict:
     config, overrides = methods()[method]
-    run_dir = run_dir_of(out, code_commit(), setting, method, seed)
-    opts = SETTINGS[setting] + overrides + ["SEED", str(seed)]
-    result = train_run(f"{setting} {method} s{seed}", os.path.join(SPRITE_CONFIGS, config), run_dir, opts, threads)
+    run_dir = run_dir_of(out, code_commit(), dataset, setting, method, seed)
+    opts = DATASETS[dataset] + SETTINGS[setting] + overrides + ["SEED", str(seed)]
+    result = train_run(f"{dataset} {setting} {method} s{seed}", os.path.join(SPRITE_CONFIGS, config), run_dir, opts,
+                       threads)
     if "tail_head_var_ratio" not in result:
         from leap_plugin.cli.analyze import analyze
         from leap_plugin.reid.config import load_config
@@ -125,7 +151,7 @@ def run_one(setting: str, method: str, seed: int, out: str, threads: int | None 
         result.update(tail_head_var_ratio=ratios["center_angle_var"],
                       tail_head_pairwise_ratio=ratios["pairwise_angle_mean"])
         atomic_write(os.path.join(run_dir, "results.json"), lambda f: f.write(json.dumps(result, indent=1).encode()))
-    return {"setting": setting, "method": method, "seed": seed, **result}
+    return {"dataset": dataset, "setting": setting, "method": method, "seed": seed, **result}
 
 
 def baseline_of(method: str) -> str | None:
@@ -138,7 +164,13 @@ def baseline_of(method: str) -> str | None:
         if method.endswith(f" {suffix}"):
             return None if method.startswith("CosFace") else f"CosFace {suffix}"
     config = methods()[method][0]
-    return "ArcFace" if config.startswith(("arcface", "leap_a")) or method == "adaptive_arc" else "CosFace"
+    arc = config.startswith(("arcface", "leap_a")) or method in ("adaptive_arc", "ElasticFace-Arc")
+    return "ArcFace" if arc else "CosFace"
+
+
+def dataset_of(row: dict) -> str:
+    """The data set of a run (runs recorded before there were two are the sprites')."""
+    return row.get("dataset", "wesnoth")
 
 
 def campaign_of(row: dict) -> str:
@@ -213,68 +245,96 @@ def write_campaigns(rows: list[dict], out: str) -> list[str]:
     return sorted(latest)
 
 
+def rival_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """LEAP-CF paired seed by seed with each of :data:`RIVALS`, per setting."""
+    lines = []
+    for setting in sorted({s for s, _ in groups}):
+        leap = groups.get((setting, "LEAP-CF"), [])
+        cells = []
+        for rival in RIVALS:
+            pairs = paired_deltas(leap, groups.get((setting, rival), []))
+            cells.append(f"{_mean_std(pairs, signed=True)} ({sum(d > 0 for d in pairs)}/{len(pairs)})" if pairs
+                         else "n/a")
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return (["", "LEAP-CF against its closest relatives, seed by seed (LEAP-CF's mAP minus the other method's "
+             "run of the same seed; mean ± std, seeds where LEAP-CF is ahead):", "",
+             "| setting | " + " | ".join(f"LEAP-CF − {r}" for r in RIVALS) + " |",
+             "|---" * (len(RIVALS) + 1) + "|"] + lines)
+
+
 def write_table(rows: list[dict], out: str, campaign: str | None = None, name: str = "longtail.md") -> str:
     """Write ``longtail.json`` (every row) and ``name`` (default ``longtail.md``): the table
     of one campaign (one machine and commit; default: the campaign of the last row), whose
-    runs alone are compared and paired. Returns the Markdown."""
+    runs alone are compared and paired, one section per data set. Returns the Markdown."""
     if campaign is None:
         campaign = campaign_of(rows[-1]) if rows else "none"
     others: dict[str, int] = {}
-    groups: dict[tuple[str, str], list[dict]] = {}
+    by_dataset: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for r in rows:
         if campaign_of(r) == campaign:
-            groups.setdefault((r["setting"], r["method"]), []).append(r)
+            by_dataset.setdefault(dataset_of(r), {}).setdefault((r["setting"], r["method"]), []).append(r)
         else:
             others[campaign_of(r)] = others.get(campaign_of(r), 0) + 1
     lines = [f"Machine and commit of every run below: {campaign}  ",
              f"Shipped CLOUD_SCALE: {DEFAULTS.cloud_scale:g} (methods without a `scale` suffix).  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
-             "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for the LEAP-AF / LEAP-AV family and "
-             "adaptive_arc, the CosFace run with the same schedule / backbone for the paired ablations "
-             + " and ".join(f"`{s}`" for s in PAIRED_ABLATIONS) + ", CosFace otherwise) in the same setting.", "",
+             "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for the LEAP-AF / LEAP-AV family, "
+             "ElasticFace-Arc and adaptive_arc, the CosFace run with the same schedule / backbone for the paired "
+             "ablations " + " and ".join(f"`{s}`" for s in PAIRED_ABLATIONS) + ", CosFace otherwise) in the "
+             "same data set and setting.", "",
              "Paired Δ = the same difference taken seed by seed (a run minus its baseline's run with the "
              "same SEED, on the same machine and commit; SEED seeds initialisation and batch order, the "
              "data split is the same for all seeds), mean ± std over the seeds both have, with how many "
-             "of them are positive.", "",
-             "| setting | method | seeds | mAP | Δ mAP vs baseline | paired Δ (seeds > 0) | Rank-1 "
-             "| tail/head variance ratio | minutes per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "of them are positive."]
     order = list(methods())
-    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))
-    for (setting, method), rs in ordered:
-        ratio = [r.get("tail_head_var_ratio") for r in rs]
-        base = baseline_of(method) if method in order else None
-        if base is None:
-            delta = paired_text = "—"
-        elif (setting, base) in groups:
-            base_runs = groups[(setting, base)]
-            diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in base_runs)
-            delta = f"{diff:+.2f} ({base})"
-            paired = paired_deltas(rs, base_runs)
-            paired_text = (f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
-                           if paired else "n/a")
-        else:
-            delta, paired_text = f"n/a (no {base} run)", "n/a"
-        lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
-                     f"{paired_text} | "
-                     f"{_mean_std([r['Rank-1'] for r in rs])} | "
-                     f"{_mean_std(ratio, 3)} | "
-                     f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
-    pooled = pooled_lines(groups)
-    if pooled:
-        lines += ["", "Pooled over the settings (ArcFace against CosFace, LEAP against its own baseline). "
-                  "The pairs of one family are not independent where members share a baseline run "
-                  "(LEAP-CF and LEAP-CV share CosFace's), so its standard error is optimistic:", ""]
-        lines += pooled
+    commands = []
+    for dataset in sorted(by_dataset, key=lambda d: list(DATASETS).index(d) if d in DATASETS else len(DATASETS)):
+        groups = by_dataset[dataset]
+        lines += ["", f"### {DATASET_NAMES.get(dataset, dataset)}", "",
+                  "| setting | method | seeds | mAP | Δ mAP vs baseline | paired Δ (seeds > 0) | Rank-1 "
+                  "| tail/head variance ratio | minutes per run |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        ordered = sorted(groups.items(),
+                         key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))
+        for (setting, method), rs in ordered:
+            ratio = [r.get("tail_head_var_ratio") for r in rs]
+            base = baseline_of(method) if method in order else None
+            if base is None:
+                delta = paired_text = "—"
+            elif (setting, base) in groups:
+                base_runs = groups[(setting, base)]
+                diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in base_runs)
+                delta = f"{diff:+.2f} ({base})"
+                paired = paired_deltas(rs, base_runs)
+                paired_text = (f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
+                               if paired else "n/a")
+            else:
+                delta, paired_text = f"n/a (no {base} run)", "n/a"
+            lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
+                         f"{paired_text} | "
+                         f"{_mean_std([r['Rank-1'] for r in rs])} | "
+                         f"{_mean_std(ratio, 3)} | "
+                         f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
+            seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+            commands.append(f"    python benchmarks/longtail.py --datasets {dataset} --settings {setting} "
+                            f"--methods '{method}' --seeds {seeds}")
+        lines += rival_lines(groups)
+        pooled = pooled_lines(groups)
+        if pooled:
+            lines += ["", "Pooled over the settings (ArcFace against CosFace, LEAP against its own baseline). "
+                      "The pairs of one family are not independent where members share a baseline run "
+                      "(LEAP-CF and LEAP-CV share CosFace's), so its standard error is optimistic:", ""]
+            lines += pooled
     if others:
         lines += ["", "Other runs kept in `longtail.json`, from other machines or commits (never compared "
                   "or paired with the table above):", ""]
         lines += [f"- {name}: {count} runs" for name, count in others.items()]
     lines += ["", "Each row is reproduced (and resumed: finished runs of the same commit are reused) by:", ""]
-    for (setting, method), rs in ordered:
-        seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
-        lines.append(f"    python benchmarks/longtail.py --settings {setting} --methods '{method}' --seeds {seeds}")
+    lines += commands
     text = "\n".join(lines) + "\n"
     atomic_write(os.path.join(out, name), lambda f: f.write(text.encode()))
     atomic_write(os.path.join(out, "longtail.json"), lambda f: f.write(json.dumps(rows, indent=1).encode()))
@@ -282,13 +342,14 @@ def write_table(rows: list[dict], out: str, campaign: str | None = None, name: s
 
 
 def _key(row: dict) -> tuple:
-    return row["setting"], row["method"], row["seed"], campaign_of(row)
+    return dataset_of(row), row["setting"], row["method"], row["seed"], campaign_of(row)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", choices=sorted(PLANS),
-                        help="a campaign of issue 16 (settings, seeds, methods); the other options add to it")
+                        help="a campaign (data sets, settings, seeds, methods); the other options replace its parts")
+    parser.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS), help="default: wesnoth")
     parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: all")
     parser.add_argument("--methods", nargs="+", default=None, help="default: all")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2")
@@ -299,24 +360,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import leap_plugin  # noqa: F401
 
-    plan_settings, plan_seeds, plan_methods = PLANS[args.plan] if args.plan else (None, None, None)
-    settings = args.settings or plan_settings or list(SETTINGS)
-    seeds = args.seeds or plan_seeds or [0, 1, 2]
     known = methods()
-    chosen = args.methods or plan_methods or list(known)
-    unknown = [m for m in chosen if m not in known]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; known: {list(known)}")
+    jobs = []
+    for plan_datasets, plan_settings, plan_seeds, plan_methods in PLANS[args.plan] if args.plan else [(None,) * 4]:
+        chosen = args.methods or plan_methods or list(known)
+        unknown = [m for m in chosen if m not in known]
+        if unknown:
+            parser.error(f"unknown methods {unknown}; known: {list(known)}")
+        jobs += [(d, s, m, seed) for d in args.datasets or plan_datasets or ["wesnoth"]
+                 for s in args.settings or plan_settings or list(SETTINGS)
+                 for seed in args.seeds or plan_seeds or [0, 1, 2] for m in chosen]
+    # seed by seed across the plan's parts: a campaign cut short still has paired seeds everywhere
+    jobs = sorted(dict.fromkeys(jobs), key=lambda j: j[3])
     threads = 1 if args.jobs > 1 else None
     commit = code_commit()
-    jobs = [(s, m, seed) for s in settings for seed in seeds for m in chosen]
     if args.report_only:
         jobs = [j for j in jobs if os.path.isfile(os.path.join(run_dir_of(args.output, commit, *j), "results.json"))]
     path = os.path.join(args.output, "longtail.json")
     rows: list[dict] = []
     if os.path.isfile(path):
         with open(path) as f:
-            rows = json.load(f)
+            rows = [dict(r, dataset=dataset_of(r)) for r in json.load(f)]
     lock = threading.Lock()
 
     def run(job: tuple) -> None:

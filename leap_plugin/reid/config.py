@@ -19,6 +19,7 @@ from fastreid.config import get_cfg
 from ..core import DEFAULTS, LeapSettings
 from ..core.longtail import COUNT_METHODS
 from ..data.folders import WESNOTH_UNITS
+from ..data.widelands import WIDELANDS_DATA
 from ..resources import find_config
 from ..validation import ConfigError, check_bool, check_choice, check_int, check_number, fail
 
@@ -26,11 +27,13 @@ logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger ha
 
 __all__ = [
     "add_leap_config", "load_config", "validate_config", "leap_settings", "defrosted", "resolve_device",
-    "ConfigError", "PEER_CONFIG", "WESNOTH_UNITS", "WESNOTH_CACHE",
+    "ConfigError", "PEER_CONFIG", "WESNOTH_UNITS", "WESNOTH_CACHE", "WIDELANDS_CACHE",
 ]
 
 #: Where the RGB composites of Wesnoth's sprites are cached.
 WESNOTH_CACHE = "~/.cache/leap_plugin/wesnoth"
+#: Where the chosen, composited frames of Widelands' characters are cached.
+WIDELANDS_CACHE = "~/.cache/leap_plugin/widelands"
 
 #: ``MODEL.HEADS.<node>.<KEY>`` of each count-aware peer method's options
 #: (:data:`leap_plugin.core.longtail.COUNT_METHODS`, whose defaults they take).
@@ -60,6 +63,12 @@ _KEYS = (
     ("DATASETS.WESNOTH", "TEST_FRACTION", 0.5, "fraction of the identities held out for query / gallery"),
     ("DATASETS.WESNOTH", "QUERY_PER_ID", 1, "queries per test identity"),
     ("DATASETS.WESNOTH", "SEED", 0, "seed of the identity and query draws"),
+    ("DATASETS.WIDELANDS", "DATA_ROOT", WIDELANDS_DATA, "WidelandsCharacters: the game's data folder"),
+    ("DATASETS.WIDELANDS", "CACHE_DIR", WIDELANDS_CACHE, "where the chosen, composited frames are kept"),
+    ("DATASETS.WIDELANDS", "BACKGROUND", [128, 128, 128], "RGB colour under transparent pixels"),
+    ("DATASETS.WIDELANDS", "TEST_FRACTION", 0.5, "fraction of the identities held out for query / gallery"),
+    ("DATASETS.WIDELANDS", "QUERY_PER_ID", 1, "queries per test identity"),
+    ("DATASETS.WIDELANDS", "SEED", 0, "seed of the identity and query draws"),
     ("MODEL.HEADS.ELASTIC", "MEAN", -1.0, "ElasticFace: mean of the margin draws; < 0: MODEL.HEADS.MARGIN"),
     ("MODEL.HEADS.ELASTIC", "STD", -1.0, "ElasticFace: std of the margin draws; < 0: the paper's "
                                          "(0.05; ElasticFace+ 0.0175 Arc, 0.02 Cos)"),
@@ -108,7 +117,7 @@ def add_leap_config(cfg: CN) -> CN:
     """Add every key of this plugin to ``cfg`` (in place, idempotent; existing values are
     kept): ``MODEL.HEADS.LEAP.*``, the peer methods' ``MODEL.HEADS.<node>.*`` and
     ``MODEL.LOSSES.CLASS_BALANCED.*``, ``DATASETS.LONG_TAIL.*``, ``DATASETS.FOLDER.*``,
-    ``DATASETS.WESNOTH.*``, ``DATALOADER.LONG_TAIL_Q``, ``LOG_PERIOD`` and ``SEED``. Returns ``cfg``."""
+    ``DATASETS.WESNOTH.*``, ``DATASETS.WIDELANDS.*``, ``DATALOADER.LONG_TAIL_Q``, ``LOG_PERIOD`` and ``SEED``. Returns ``cfg``."""
     with defrosted(cfg):
         leap = _node(cfg, "MODEL.HEADS.LEAP")
         for name in LeapSettings.names():  # meanings: core.settings.LeapSettings

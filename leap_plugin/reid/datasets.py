@@ -1,10 +1,11 @@
-"""fastreid datasets over identity-labelled image folders and Wesnoth's unit sprites.
+"""fastreid datasets over identity-labelled image folders, Wesnoth's unit sprites and
+Widelands' characters.
 
 Both are registered in ``DATASET_REGISTRY`` on import. The training identities and the
 test identities are disjoint (``TEST_FRACTION`` of them tested, seeded); train pids and
 camids carry the dataset name, as fastreid's own datasets do, and query / gallery use int
 pids and camids. Their config keys live under ``DATASETS.FOLDER`` and
-``DATASETS.WESNOTH`` (declared in :mod:`leap_plugin.reid.config`); :func:`build_dataset`
+``DATASETS.WESNOTH`` and ``DATASETS.WIDELANDS`` (declared in :mod:`leap_plugin.reid.config`); :func:`build_dataset`
 builds any registered data set from a config, ours with those keys.
 """
 from __future__ import annotations
@@ -31,10 +32,11 @@ from ..data.folders import (  # noqa: E402
     split_identities,
     split_query_gallery,
 )
+from ..data.widelands import WIDELANDS_DATA, build_widelands  # noqa: E402
 from ..validation import ConfigError, require_int  # noqa: E402
-from .config import WESNOTH_CACHE, WESNOTH_UNITS, registered  # noqa: E402
+from .config import WESNOTH_CACHE, WESNOTH_UNITS, WIDELANDS_CACHE, registered  # noqa: E402
 
-__all__ = ["LeapFolder", "WesnothSprites", "datasets_root", "dataset_kwargs", "build_dataset"]
+__all__ = ["LeapFolder", "WesnothSprites", "WidelandsCharacters", "datasets_root", "dataset_kwargs", "build_dataset"]
 
 
 def datasets_root() -> str:
@@ -177,4 +179,42 @@ class WesnothSprites(_SplitDataset):
             "cache_dir": cfg.DATASETS.WESNOTH.CACHE_DIR,
             "background": tuple(_config_value(cfg, "WESNOTH", "BACKGROUND", check_rgb)),
             **_split_config(cfg, "WESNOTH"),
+        }
+
+
+@DATASET_REGISTRY.register()
+class WidelandsCharacters(_SplitDataset):
+    """Widelands' characters (Debian ``widelands-data``) as a second long-tailed re-ID set.
+
+    Identities, images and cameras (animation and direction) as in
+    :mod:`leap_plugin.data.widelands`: 174 identities, 4,520 frames. The frames are chosen and
+    composited over ``background`` once, under ``<cache_dir>/bg-<r>-<g>-<b>/`` (about a
+    minute and a half on 2 CPU cores), then read from there.
+
+    Args:
+        root: fastreid's datasets root (unused: the art lives where Debian installs it).
+        data_root: the Widelands ``data`` folder.
+        cache_dir: where the composited frames are kept.
+        background: RGB colour under transparent pixels.
+        test_fraction, query_per_id, seed, **kwargs: as for :class:`LeapFolder`.
+    """
+
+    dataset_name = "widelands"
+
+    def __init__(self, root: str = "datasets", data_root: str = WIDELANDS_DATA, cache_dir: str = WIDELANDS_CACHE,
+                 background: Sequence[int] = (128, 128, 128), test_fraction: float = 0.5, query_per_id: int = 1,
+                 seed: int = 0, **kwargs: Any) -> None:
+        check_rgb(background, "background")
+        cache = os.path.join(os.path.expanduser(cache_dir), "bg-{}-{}-{}".format(*background))
+        super().__init__(build_widelands(data_root, cache, tuple(background)), test_fraction, query_per_id, seed,
+                         **kwargs)
+
+    @classmethod
+    def kwargs_from_config(cls, cfg: CN) -> dict[str, Any]:
+        """Constructor arguments from ``DATASETS.WIDELANDS.*``."""
+        return {
+            "data_root": cfg.DATASETS.WIDELANDS.DATA_ROOT,
+            "cache_dir": cfg.DATASETS.WIDELANDS.CACHE_DIR,
+            "background": tuple(_config_value(cfg, "WIDELANDS", "BACKGROUND", check_rgb)),
+            **_split_config(cfg, "WIDELANDS"),
         }

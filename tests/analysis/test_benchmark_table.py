@@ -145,4 +145,23 @@ def test_report_only_rewrites_every_campaign_file(longtail, tmp_path):
     assert "+4.00 (1/1)" in (tmp_path / "longtail_AMD-EPYC_aaaaaaaaaaaa.md").read_text()
     latest = (tmp_path / "longtail.md").read_text()
     assert "| H20_S3 | LEAP-CF | 1 | 63.00 | +3.00 (CosFace) | +3.00 (1/1) |" in latest
-    assert json.loads((tmp_path / "longtail.json").read_text()) == rows
+    # every run now records its data set (runs from before there were two are the sprites')
+    assert json.loads((tmp_path / "longtail.json").read_text()) == [dict(r, dataset="wesnoth") for r in rows]
+
+
+def test_data_sets_are_tabulated_and_paired_apart_with_the_relatives(longtail, tmp_path):
+    rows = [on(AMD, "a" * 40, dict(row("H20_S4", m, seed, v), dataset=d))
+            for d, shift in (("wesnoth", 0.0), ("widelands", 20.0))
+            for m, base in (("CosFace", 50.0), ("LEAP-CF", 53.0), ("GCL", 52.0), ("ElasticFace-Cos", 54.0))
+            for seed, v in ((0, base + shift), (1, base + shift + 1.0))]
+    rows.append(on(AMD, "a" * 40, dict(row("H20_S4", "LEAP-CF", 2, 99.0), dataset="widelands")))  # unpaired
+    text = longtail.write_table(rows, str(tmp_path))
+    wesnoth, widelands = text.split("### Widelands")
+    assert "### Wesnoth" in wesnoth
+    leap = table_rows(widelands)[("H20_S4", "LEAP-CF")]
+    assert leap[2] == "3" and leap[5] == "+3.00 ± 0.00 (2/2)"  # paired within widelands only
+    rival = next(l for l in widelands.splitlines() if l.startswith("| H20_S4 | n/a") or l.startswith("| H20_S4 | +"))
+    cells = [c.strip() for c in rival.strip("|").split("|")]
+    # LEAP-CF minus: uniform (not run), ElasticFace-Cos (-1 on both seeds), GCL (+1), ldam (not run)
+    assert cells[1:] == ["n/a", "-1.00 ± 0.00 (0/2)", "+1.00 ± 0.00 (2/2)", "n/a"]
+    assert "--datasets widelands --settings H20_S4 --methods 'LEAP-CF' --seeds 0 1 2" in text
