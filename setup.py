@@ -43,6 +43,7 @@ setup(
     entry_points={
         "console_scripts": [
             "leap-train = leap_plugin.cli.train:main",
+            "leap-compare = leap_plugin.cli.compare:main",
             "leap-analyze = leap_plugin.cli.analyze:main",
             "leap-demo = leap_plugin.cli.demo:main",
             "leap-face-train = leap_plugin.cli.face_train:main",

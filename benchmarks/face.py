@@ -47,21 +47,28 @@ PAIRS = 1500  # genuine and as many impostor pairs
 COMMON = dict(network="mbf", input_size=INPUT_SIZE, embedding_size=128, scale=32.0, batch_size=64,
               optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, num_epoch=4, warmup_epoch=1,
               frequent=10, verbose=10 ** 9, num_workers=0, long_tail=LONG_TAIL)
-LEAP = dict(enabled=True, tail_threshold=10, start_epoch=2)
-COSFACE, ARCFACE = (1.0, 0.0, 0.35), (1.0, 0.5, 0.0)
-#: method -> (its config keys, the baseline it is paired with)
-METHODS = {
-    "CosFace": (dict(margin_list=COSFACE), None),
-    "LEAP-CV": (dict(margin_list=COSFACE, leap=dict(LEAP, version="vanilla")), "CosFace"),
-    "ArcFace": (dict(margin_list=ARCFACE), None),
-    "LEAP-AV": (dict(margin_list=ARCFACE, leap=dict(LEAP, version="vanilla")), "ArcFace"),
-    "LDAM": (dict(margin_list=(1.0, 0.0, 0.0), long_tail_loss=dict(method="ldam")), "CosFace"),
-    # LEAP's closest relatives: ElasticFace (the same random margin for every class, mean = the
-    # baseline's margin) and GCL (noise by class count; the paper's first stage, no margin)
-    "ElasticFace-Cos": (dict(margin_list=COSFACE, long_tail_loss=dict(method="elastic_face")), "CosFace"),
-    "ElasticFace-Arc": (dict(margin_list=ARCFACE, long_tail_loss=dict(method="elastic_face")), "ArcFace"),
-    "GCL": (dict(margin_list=(1.0, 0.0, 0.0), long_tail_loss=dict(method="gcl")), "CosFace"),
-}
+#: The stock config every method is applied to: CosFace m = 0.35 (the paper's face setting),
+#: LEAP's settings for when a method enables it (cloud from epoch 2 of 4, T = 10).
+STOCK = dict(COMMON, margin_list=(1.0, 0.0, 0.35), leap=dict(tail_threshold=10, start_epoch=2))
+LEAP = STOCK["leap"]
+#: The paper's face rows (CosFace vs LEAP-CV, ArcFace vs LEAP-AV), LDAM, and LEAP's closest
+#: relatives: ElasticFace (the same random margin for every class, mean = the baseline's
+#: margin) and GCL (noise by class count; the paper's first stage, no margin). Each is the
+#: package's method (leap_plugin.face.methods) on STOCK.
+METHODS = ["CosFace", "LEAP-CV", "ArcFace", "LEAP-AV", "LDAM", "ElasticFace-Cos", "ElasticFace-Arc", "GCL"]
+
+
+def method_keys(method: str) -> dict:
+    """The config keys of ``method`` on :data:`STOCK`."""
+    from leap_plugin.face.methods import face_method_config
+
+    return face_method_config(method, STOCK)
+
+
+def baseline_of(method: str):
+    from leap_plugin.face.methods import FACE_METHODS
+
+    return FACE_METHODS[method].baseline
 METRICS = ("accuracy", "tpr@fpr=0.001", "tpr@fpr=0.0001", "rank1")
 
 
@@ -143,8 +150,8 @@ def run_one(method: str, seed: int, out: str, data: str, split: dict, threads: i
     if os.path.isfile(done):
         with open(done) as f:
             return json.load(f)
-    keys, _ = METHODS[method]
-    config = {**COMMON, **keys, "seed": seed, "rec": os.path.join(data, "train"), "output": run_dir,
+    keys = method_keys(method)
+    config = {**STOCK, **keys, "seed": seed, "rec": os.path.join(data, "train"), "output": run_dir,
               "val_targets": []}
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.py")
@@ -162,7 +169,7 @@ def run_one(method: str, seed: int, out: str, data: str, split: dict, threads: i
             raise RuntimeError(f"[{method} s{seed}] leap-face-train failed; see {run_dir}/train.log")
     row = {"method": method, "seed": seed, "seconds": round(time.time() - start, 1),
            **evaluate(run_dir, data, split), "machine": machine_info(threads), "commit": commit,
-           "leap": keys.get("leap"), "config": {k: v for k, v in config.items() if k not in ("rec", "output")}}
+           "leap": keys["leap"] if keys["leap"].get("enabled") else None, "config": {k: v for k, v in config.items() if k not in ("rec", "output")}}
     atomic_write(done, lambda f: f.write(json.dumps(row, indent=1).encode()))
     print(f"[{method} s{seed}] " + " ".join(f"{k} {row[k]:.4f}" for k in METRICS), flush=True)
     return row
@@ -198,7 +205,8 @@ def write_table(rows: list[dict], out: str, split: dict) -> str:
              "(same machine and commit), mean ± std, with how many seeds are positive.", "",
              "| method | seeds | verification accuracy | TPR@FPR=1e-3 | TPR@FPR=1e-4 | rank-1 (distractors) "
              "| paired Δ accuracy | paired Δ TPR@1e-3 | paired Δ rank-1 |", "|---|---|---|---|---|---|---|---|---|"]
-    for method, (_, base) in METHODS.items():
+    for method in METHODS:
+        base = baseline_of(method)
         runs = by.get(method, {})
         if not runs:
             continue

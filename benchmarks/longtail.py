@@ -24,20 +24,18 @@ import os
 import re
 import statistics
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from leap_plugin.compare import Job, execute, mean_std  # noqa: E402
 from leap_plugin.core import DEFAULTS  # noqa: E402
 from leap_plugin.io import atomic_write  # noqa: E402
 from leap_plugin.runs import SETTINGS, SPRITE_CONFIGS, code_commit, machine_id, train_run  # noqa: E402
 
-# DRW switches re-weighting on at 80% of training, as LDAM-DRW (160 of 200 epochs).
-_DRW_EPOCH = ["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "13"]
-
+#: The stock config every method is applied to (CosFace, s = 24, m = 0.2).
+STOCK = "cosface_mnv2.yml"
 # Schedule and backbone ablations (issue 3). START_EPOCH stays 5 in the longer schedule: the
 # angle memory needs the same warm-up whatever the length. ResNet-18 is trained from scratch
 # (no ResNet ImageNet weights ship in a registry package, SPEC section 5).
@@ -49,7 +47,6 @@ PAIRED_ABLATIONS = {
 }
 #: The CLOUD_SCALE sweep of issue 16; the shipped scale is the method without a suffix.
 SWEEP_SCALES = (1.0, 2.0, 3.0, 5.0)
-_LDAM = ["MODEL.META_ARCHITECTURE", "LongTailBaseline", "MODEL.HEADS.CLS_LAYER", "LDAMSoftmax"]
 
 #: The data sets: name -> the KEY VALUE overrides that point the sprite configs at it.
 DATASETS = {
@@ -87,45 +84,33 @@ PLANS = {
 
 
 def methods() -> dict[str, tuple[str, list[str]]]:
-    """name -> (config in configs/Wesnoth, KEY VALUE overrides)."""
-    from leap_plugin.reid.peers import PEER_METHODS
+    """name -> (config in configs/Wesnoth, KEY VALUE overrides): every method of the package's
+    table (:data:`leap_plugin.reid.methods.METHODS`) on the CosFace sprite config, plus this
+    benchmark's ablations."""
+    from leap_plugin.reid.config import load_config
+    from leap_plugin.reid.methods import METHODS, method_overrides
 
-    table = {
-        "CosFace": ("cosface_mnv2.yml", []),
-        "ArcFace": ("arcface_mnv2.yml", []),
-        "LEAP-CF": ("leap_cf_mnv2.yml", []),
-        "LEAP-AF": ("leap_af_mnv2.yml", []),
-        "LEAP-CV": ("leap_cv_mnv2.yml", []),
-        "LEAP-AV": ("leap_av_mnv2.yml", []),
-        # issue 16: LEAP or just noise? Eq. 4 as printed? LEAP with LDAM's margins?
-        "LEAP-CF uniform": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.CLOUD", "uniform"]),
-        "LEAP-CF printed": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.CENTER_UPDATE", "printed"]),
-        "LEAP-CF + LDAM": ("leap_cf_mnv2.yml", ["MODEL.META_ARCHITECTURE", "LongTailBaseline",
-                                                "MODEL.HEADS.CLS_LAYER", "LeapLDAMSoftmax"]),
-        "LEAP-CF loo": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
-        "LEAP-AF loo": ("leap_af_mnv2.yml", ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
+    stock = load_config(os.path.join(SPRITE_CONFIGS, STOCK))
+    table = {name: (STOCK, method_overrides(name, stock)) for name in METHODS}
+    leap_cf, leap_af = table["LEAP-CF"][1], table["LEAP-AF"][1]
+    table.update({
+        "LEAP-CF loo": (STOCK, leap_cf + ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
+        "LEAP-AF loo": (STOCK, leap_af + ["MODEL.HEADS.LEAP.STATISTIC", "loo"]),
         "LT sampler": ("longtail_sampler_mnv2.yml", []),
-        # ablations of LEAP-CF (issue 3: when LEAP does not beat the baseline, find out why)
-        "LEAP-CF alpha/sample": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.ALPHA_MODE", "sample"]),
-        "LEAP-CF start 2": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.START_EPOCH", "2"]),
-        "LEAP-CF P=3": ("leap_cf_mnv2.yml", ["MODEL.HEADS.LEAP.MEMORY_FACTOR", "3"]),
-    }
-    for family, config in (("LEAP-CF", "leap_cf_mnv2.yml"), ("LEAP-AF", "leap_af_mnv2.yml")):
+        # ablations of LEAP-CF: when LEAP does not beat the baseline, find out why
+        "LEAP-CF alpha/sample": (STOCK, leap_cf + ["MODEL.HEADS.LEAP.ALPHA_MODE", "sample"]),
+        "LEAP-CF start 2": (STOCK, leap_cf + ["MODEL.HEADS.LEAP.START_EPOCH", "2"]),
+        "LEAP-CF P=3": (STOCK, leap_cf + ["MODEL.HEADS.LEAP.MEMORY_FACTOR", "3"]),
+    })
+    for family, overrides in (("LEAP-CF", leap_cf), ("LEAP-AF", leap_af)):
         for scale in SWEEP_SCALES:
             if scale != DEFAULTS.cloud_scale:
-                table[_scale_name(family, scale)] = (config, ["MODEL.HEADS.LEAP.CLOUD_SCALE", f"{scale:g}"])
+                table[_scale_name(family, scale)] = (STOCK, overrides + ["MODEL.HEADS.LEAP.CLOUD_SCALE", f"{scale:g}"])
     # ablations that change the baseline as well: a CosFace / LEAP-CF pair each
     for suffix, overrides in PAIRED_ABLATIONS.items():
-        table[f"CosFace {suffix}"] = ("cosface_mnv2.yml", list(overrides))
-        table[f"LEAP-CF {suffix}"] = ("leap_cf_mnv2.yml", list(overrides))
-    for name, overrides in PEER_METHODS.items():
-        extra = _DRW_EPOCH if name == "ldam_drw" else []
-        table[RELATIVE_NAMES.get(name, name)] = ("cosface_mnv2.yml", list(overrides) + extra)
+        table[f"CosFace {suffix}"] = (STOCK, table["CosFace"][1] + list(overrides))
+        table[f"LEAP-CF {suffix}"] = (STOCK, leap_cf + list(overrides))
     return table
-
-
-#: Display names of the closest relatives among the peer methods.
-RELATIVE_NAMES = {"gcl": "GCL", "elastic_cos": "ElasticFace-Cos", "elastic_arc": "ElasticFace-Arc"}
 
 
 def run_dir_of(out: str, commit: str, dataset: str, setting: str, method: str, seed: int) -> str:
@@ -163,9 +148,10 @@ def baseline_of(method: str) -> str | None:
     for suffix in PAIRED_ABLATIONS:
         if method.endswith(f" {suffix}"):
             return None if method.startswith("CosFace") else f"CosFace {suffix}"
-    config = methods()[method][0]
-    arc = config.startswith(("arcface", "leap_a")) or method in ("adaptive_arc", "ElasticFace-Arc")
-    return "ArcFace" if arc else "CosFace"
+    from leap_plugin.reid.methods import METHODS
+
+    family = method.split(" ")[0]  # "LEAP-AF scale 2" and "LEAP-AF loo" are LEAP-AF's
+    return METHODS[family].baseline if family in METHODS else "CosFace"
 
 
 def dataset_of(row: dict) -> str:
@@ -176,18 +162,8 @@ def dataset_of(row: dict) -> str:
 def campaign_of(row: dict) -> str:
     """The machine and commit a run ran on: runs are only ever compared within one."""
     if "machine" not in row:
-        return "machine and commit not recorded (runs before issue 16)"
+        return "machine and commit not recorded (the earliest runs)"
     return f"{machine_id(row['machine'])} @ {row['commit'][:12]}"
-
-
-def _mean_std(values: list, digits: int = 2, signed: bool = False) -> str:
-    values = [v for v in values if v is not None]
-    sign = "+" if signed else ""
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:{sign}.{digits}f}"
-    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def paired_deltas(runs: list[dict], baseline_runs: list[dict]) -> list[float]:
@@ -253,7 +229,7 @@ def rival_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
         cells = []
         for rival in RIVALS:
             pairs = paired_deltas(leap, groups.get((setting, rival), []))
-            cells.append(f"{_mean_std(pairs, signed=True)} ({sum(d > 0 for d in pairs)}/{len(pairs)})" if pairs
+            cells.append(f"{mean_std(pairs, signed=True)} ({sum(d > 0 for d in pairs)}/{len(pairs)})" if pairs
                          else "n/a")
         if any(c != "n/a" for c in cells):
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
@@ -310,15 +286,15 @@ def write_table(rows: list[dict], out: str, campaign: str | None = None, name: s
                 diff = statistics.mean(r["mAP"] for r in rs) - statistics.mean(r["mAP"] for r in base_runs)
                 delta = f"{diff:+.2f} ({base})"
                 paired = paired_deltas(rs, base_runs)
-                paired_text = (f"{_mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
+                paired_text = (f"{mean_std(paired, signed=True)} ({sum(d > 0 for d in paired)}/{len(paired)})"
                                if paired else "n/a")
             else:
                 delta, paired_text = f"n/a (no {base} run)", "n/a"
-            lines.append(f"| {setting} | {method} | {len(rs)} | {_mean_std([r['mAP'] for r in rs])} | {delta} | "
+            lines.append(f"| {setting} | {method} | {len(rs)} | {mean_std([r['mAP'] for r in rs])} | {delta} | "
                          f"{paired_text} | "
-                         f"{_mean_std([r['Rank-1'] for r in rs])} | "
-                         f"{_mean_std(ratio, 3)} | "
-                         f"{_mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
+                         f"{mean_std([r['Rank-1'] for r in rs])} | "
+                         f"{mean_std(ratio, 3)} | "
+                         f"{mean_std([r['seconds'] / 60 if r['seconds'] else None for r in rs], 1)} |")
             seeds = " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
             commands.append(f"    python benchmarks/longtail.py --datasets {dataset} --settings {setting} "
                             f"--methods '{method}' --seeds {seeds}")
@@ -381,21 +357,20 @@ def main(argv=None) -> int:
     if os.path.isfile(path):
         with open(path) as f:
             rows = [dict(r, dataset=dataset_of(r)) for r in json.load(f)]
-    lock = threading.Lock()
-
-    def run(job: tuple) -> None:
-        row = run_one(*job, args.output, threads)
-        with lock:  # the table follows the campaign run by run
-            rows[:] = [r for r in rows if _key(r) != _key(row)] + [row]
-            write_table(rows, args.output, campaign_of(row))
+    def record(job: Job) -> None:  # the table follows the campaign run by run
+        if job.result is not None:
+            rows[:] = [r for r in rows if _key(r) != _key(job.result)] + [job.result]
+            write_table(rows, args.output, campaign_of(job.result))
 
     start = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(run, jobs))
+    runs = [Job(m, seed, run_dir_of(args.output, commit, d, s, m, seed), scope=f"{d} {s}") for d, s, m, seed in jobs]
+    execute(runs, lambda job: run_one(*job.scope.split(), job.method, job.seed, args.output, threads), args.jobs,
+            on_done=record)
     print(write_table(rows, args.output))
     write_campaigns(rows, args.output)
-    print(f"{len(jobs)} runs in {(time.time() - start) / 60:.1f} min", flush=True)
-    return 0
+    failed = [job for job in runs if job.error]
+    print(f"{len(jobs)} runs in {(time.time() - start) / 60:.1f} min, {len(failed)} failed", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

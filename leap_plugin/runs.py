@@ -115,12 +115,13 @@ def _leap_keys(config: str, overrides: Sequence[str]) -> Optional[dict]:
 
 
 def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str],
-              threads: Optional[int] = None) -> dict:
+              threads: Optional[int] = None, extra_args: Sequence[str] = ()) -> dict:
     """Train with ``leap-train`` unless ``output_dir`` holds a finished run; return its results.
 
     A run whose final checkpoint exists but whose evaluation is missing is evaluated
     (``--eval-only``), not trained again. ``threads`` sets the training process's
-    ``OMP_NUM_THREADS`` (default: inherited). The results record the machine, the commit
+    ``OMP_NUM_THREADS`` (default: inherited); ``extra_args`` go to ``leap-train`` before the
+    overrides (e.g. ``--num-gpus 2``). The results record the machine, the commit
     and the LEAP keys (see the module docstring).
     """
     done = os.path.join(output_dir, "results.json")
@@ -129,7 +130,7 @@ def train_run(label: str, config: str, output_dir: str, overrides: Sequence[str]
         with open(done) as f:
             return json.load(f)
     os.makedirs(output_dir, exist_ok=True)
-    base = ["--config-file", config, "OUTPUT_DIR", output_dir, *overrides]
+    base = [*extra_args, "--config-file", config, "OUTPUT_DIR", output_dir, *overrides]
     final = os.path.join(output_dir, "model_final.pth")
     start = time.time()
     seconds = None  # timed only when this call trains

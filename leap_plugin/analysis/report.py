@@ -56,7 +56,8 @@ def write_report(out: str, setting: str, overrides: list, seed: int, runs: list[
         "64x64 input, BNNeck, CosFace s=24 m=0.2, cross-entropy only, Adam 3.5e-4 cosine, 16 epochs, "
         "P=16 x K=4. LEAP-CF: full version (Eq. 9), cloud from epoch 5, the moving-average center "
         f"(`CENTER_UPDATE` {leap_keys.get('CENTER_UPDATE', 'n/a')}), `CLOUD_SCALE` {leap_keys.get('CLOUD_SCALE', 'n/a')}, "
-        "`ALPHA_MODE` logit (configs `configs/Wesnoth/cosface_mnv2.yml` and `leap_cf_mnv2.yml`).", "",
+        "`ALPHA_MODE` logit (the config `configs/Wesnoth/cosface_mnv2.yml`, and for LEAP-CF the same with "
+        "LEAP-CF's overrides from `leap_plugin/reid/methods.py`, as `leap-compare` runs it).", "",
         "## Retrieval (query vs gallery of the held-out identities)", "",
         "| method | mAP | Rank-1 | Rank-5 | Rank-10 | training time (s) |", "|---|---|---|---|---|---|",
     ]
@@ -81,7 +82,8 @@ def write_report(out: str, setting: str, overrides: list, seed: int, runs: list[
               "The paper reports 0.463 ± 0.030 (head) vs 0.288 ± 0.023 (tail) on DukeMTMC. "
               "*Pairwise* needs no center; *leave-one-out* measures each sample against the center of the "
               "others; *head, matched K* re-measures head classes on as many random samples as a tail class "
-              "has, so that head and tail carry the same finite-sample bias (see issue 6 in the README).", "",
+              "has, so that head and tail carry the same finite-sample bias (a class of few samples sits closer to "
+              "its own mean than a class of many: see docs/design.md).", "",
               "| method | head classes | tail classes | head: angle to center | tail: angle to center | "
               "head: matched K | head: pairwise | tail: pairwise | head: leave-one-out | tail: leave-one-out | "
               "tail/head variance ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -1,7 +1,9 @@
 """``make demo``: the CosFace baseline vs LEAP-CF on real long-tailed data, with a report.
 
-Both runs use fastreid's trainer (through ``leap-train``) on Debian's Wesnoth unit sprites
-with configs that differ only in the LEAP keys (``configs/Wesnoth/``), then
+Both runs use fastreid's trainer (through ``leap-train``) on Debian's Wesnoth unit sprites:
+the CosFace sprite config (``configs/Wesnoth/cosface_mnv2.yml``) and the same config with
+LEAP-CF's overrides, run by the comparison machinery of ``leap-compare``
+(:mod:`leap_plugin.compare`), then
 ``leap-analyze`` measures the head vs tail angular spread of each model (the paper's
 Sec. 1 analysis, Figs. 1-3). Writes ``<output>/report.md`` and ``report.html`` with the
 retrieval table, the angle statistics with 95% CIs and the figures. A run that finished
@@ -12,18 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
-from ..io import atomic_write
-
 from ..analysis.report import write_report
-from ..runs import METRICS, SETTINGS, SPRITE_CONFIGS, train_run
+from ..runs import METRICS, SETTINGS, SPRITE_CONFIGS
 
-__all__ = ["main", "RUNS"]
+__all__ = ["main", "METHODS", "STOCK"]
 
-#: Demo runs: (label, config file); identical but for the LEAP keys.
-RUNS = (("CosFace", "cosface_mnv2.yml"), ("LEAP-CF", "leap_cf_mnv2.yml"))
+#: The demo's methods (leap_plugin.reid.methods) on the CosFace sprite config.
+METHODS = ("CosFace", "LEAP-CF")
+STOCK = os.path.join(SPRITE_CONFIGS, "cosface_mnv2.yml")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -40,30 +40,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import leap_plugin  # noqa: F401
     from ..analysis.plots import plot_training_curves
-    from .analyze import analyze
+    from ..compare import Job, ReidTask, execute
     from ..reid.config import load_config
+    from .analyze import analyze
 
     def run_dir(label: str) -> str:
         return os.path.join(out, label.lower().replace("-", "_"))
 
+    task = ReidTask(STOCK, overrides)
+    jobs = [Job(method, args.seed, run_dir(method)) for method in METHODS]
     # Two trainings with one thread each use 2 cores better than one after the other with two
     # threads (measured on the 2-core machine: 1.2 s/iteration each in parallel vs 0.85 alone).
     threads = 1 if args.jobs > 1 else None
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda rc: train_run(rc[0], os.path.join(SPRITE_CONFIGS, rc[1]), run_dir(rc[0]),
-                                                  overrides, threads), RUNS))
+    execute(jobs, lambda job: task.run(job, threads), args.jobs)
+    failed = [job for job in jobs if job.error]
+    if failed:
+        for job in failed:
+            print(f"leap-demo: {job.label} failed: {job.error}", file=sys.stderr, flush=True)
+        return 1
+    runs = [dict(job.result, label=job.method) for job in jobs]
     analyses = {}
-    for label, config in RUNS:
-        config_path = os.path.join(SPRITE_CONFIGS, config)
-        print(f"[{label}] analysing the training features", flush=True)
-        cfg = load_config(config_path, ["OUTPUT_DIR", run_dir(label), *overrides])
-        analysis = analyze(cfg, os.path.join(run_dir(label), "model_final.pth"), os.path.join(run_dir(label), "analysis"))
-        analysis["dir"] = os.path.relpath(os.path.join(run_dir(label), "analysis"), out)
-        analyses[label] = analysis
-    plot_training_curves({label: os.path.join(run_dir(label), "metrics.json")
-                          for label, _ in RUNS}, os.path.join(out, "training_curves.png"))
+    for job in jobs:
+        print(f"[{job.method}] analysing the training features", flush=True)
+        cfg = load_config(STOCK, ["OUTPUT_DIR", job.run_dir, *task.method_overrides(job.method)])
+        analysis = analyze(cfg, os.path.join(job.run_dir, "model_final.pth"), os.path.join(job.run_dir, "analysis"))
+        analysis["dir"] = os.path.relpath(os.path.join(job.run_dir, "analysis"), out)
+        analyses[job.method] = analysis
+    training = {job.method: os.path.join(job.run_dir, "metrics.json") for job in jobs}
+    plot_training_curves(training, os.path.join(out, "training_curves.png"))
     command = "make demo" if argv is None and os.environ.get("MAKELEVEL") else " ".join(["leap-demo", *(argv or sys.argv[1:])])
-    training = {label: os.path.join(run_dir(label), "metrics.json") for label, _ in RUNS}
     write_report(out, args.setting, SETTINGS[args.setting], args.seed, runs, analyses, training, command)
     print(f"report: {os.path.join(out, 'report.md')} (and report.html)", flush=True)
     for r in runs:

@@ -150,7 +150,7 @@ class CountMethod:
     """A peer method that turns K_i into a per-class vector applied to the logits.
 
     Attributes:
-        name: the method's name in configs (``long_tail_loss.method``, ``PEER_METHODS``).
+        name: the method's name in configs (``long_tail_loss.method`` of the face trainer).
         vector: ``vector(counts, **options) -> (C,)`` per-class margins or logit offsets.
         apply: how the vector enters the logits: ``"cosine_margin"`` (CosFace with a per-class
             cosine margin), ``"angular_margin"`` (ArcFace with a per-class angle in radians),

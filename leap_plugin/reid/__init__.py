@@ -1,7 +1,9 @@
 """The fastreid adapter: everything that knows fastreid lives here.
 
 - :mod:`.compat`: the patches fastreid 1.4.0 needs on Python 3.11 / torch 2 / CPU;
-- :mod:`.config`: every config key, declared once, and its validation;
+- :mod:`.keys`: every config key, declared once; :mod:`.config`: adding, validating and
+  loading them;
+- :mod:`.contracts`: the methods the trainer looks for on any module (``typing.Protocol``);
 - :mod:`.layers`, :mod:`.head`, :mod:`.hooks`, :mod:`.sampler`, :mod:`.datasets`,
   :mod:`.peers`: what is registered into fastreid's registries;
 - :mod:`.engine`, :mod:`.checkpoint`: fastreid's own trainer, setup and checkpointer, extended;
@@ -9,6 +11,8 @@
 """
 import functools
 import logging
+
+from .compat._registry import patch
 
 __all__ = ["register"]
 
@@ -20,6 +24,7 @@ class _ToFastreidLog(logging.Handler):
         logging.getLogger("fastreid.leap_plugin").handle(record)
 
 
+@patch("build_heads_configure")
 def _extend_build_heads() -> None:
     """fastreid builds a classification layer as ``cls(num_classes, scale, margin)``; after
     ``build_heads`` each layer's ``configure(cfg)`` reads the rest from the config."""
@@ -27,11 +32,11 @@ def _extend_build_heads() -> None:
     import fastreid.modeling.heads.build as heads_build
     import fastreid.modeling.meta_arch.baseline as baseline
 
+    # Imported here, not at the top: this package's modules import fastreid.data /
+    # .modeling, which only import after the compatibility patches (leap_plugin/__init__).
     from .layers import configure_layers
 
     original = heads_build.build_heads
-    if getattr(original, "leap_plugin", False):
-        return
 
     @functools.wraps(original)
     def build_heads(cfg):
@@ -39,16 +44,20 @@ def _extend_build_heads() -> None:
         configure_layers(head, cfg)
         return head
 
-    build_heads.leap_plugin = True
     for module in (heads_build, heads, baseline):
         module.build_heads = build_heads
 
 
 def register() -> None:
     """Register LEAP's parts into fastreid's registries, defaults, trainer and checkpointer
-    (idempotent)."""
+    (idempotent). The extensions of fastreid's own classes and functions run through the
+    same once-per-process mechanism as the compatibility patches (:mod:`.compat`), and are
+    listed with them in ``docs/fastreid-compat.md``."""
     from fastreid.config import defaults
 
+    # Imported here, not at the top: they import fastreid.data / .engine / .modeling, which
+    # only import once the compatibility patches are applied (leap_plugin/__init__ does that
+    # first, then calls this).
     from . import datasets, head, layers, peers, sampler  # noqa: F401  (registration on import)
     from .checkpoint import extend_checkpointer
     from .config import add_leap_config

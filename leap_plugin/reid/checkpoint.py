@@ -20,6 +20,9 @@ from typing import Sequence
 import torch
 
 from ..validation import ConfigError
+from .compat._registry import patch
+from .compat.hardening import CheckpointReadError
+from .contracts import CheckpointMatcher
 
 __all__ = ["extend_checkpointer", "set_mismatch_policy", "load_weights", "FEATURE_FREE_KEYS"]
 
@@ -36,17 +39,16 @@ def _bare(model: torch.nn.Module) -> torch.nn.Module:
 def set_mismatch_policy(model: torch.nn.Module, policy: str) -> None:
     """Set ``on_mismatch`` of every LEAP memory inside ``model`` (see ``LeapMemory``)."""
     for module in model.modules():
-        if hasattr(module, "match_checkpoint"):
+        if isinstance(module, CheckpointMatcher):
             module.on_mismatch = policy
 
 
+@patch("checkpointer_reconcile")
 def extend_checkpointer() -> None:
-    """Make fastreid's ``Checkpointer`` let modules reconcile with a checkpoint first (idempotent)."""
+    """Make fastreid's ``Checkpointer`` let modules reconcile with a checkpoint first (once)."""
     from fastreid.utils.checkpoint import Checkpointer
 
     original = Checkpointer._load_model
-    if getattr(original, "leap_plugin", False):
-        return
 
     @functools.wraps(original)
     def _load_model(self, checkpoint):
@@ -55,11 +57,10 @@ def extend_checkpointer() -> None:
             for key in list(state):
                 state[key[len("module."):] if key.startswith("module.") else key] = state.pop(key)
         for name, module in _bare(self.model).named_modules():
-            if hasattr(module, "match_checkpoint"):
+            if isinstance(module, CheckpointMatcher):
                 module.match_checkpoint(state, f"{name}." if name else "")
         return original(self, checkpoint)
 
-    _load_model.leap_plugin = True
     Checkpointer._load_model = _load_model
 
 
@@ -73,8 +74,6 @@ def load_weights(model: torch.nn.Module, weights: str, what: str = "--weights",
             this model (a checkpoint of another architecture or config), naming some of them.
     """
     from fastreid.utils.checkpoint import Checkpointer
-
-    from .compat.hardening import CheckpointReadError
 
     if not os.path.isfile(weights):
         raise ConfigError(f"{what} {weights!r}: no such file")

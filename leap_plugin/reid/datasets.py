@@ -34,7 +34,7 @@ from ..data.folders import (  # noqa: E402
 )
 from ..data.widelands import WIDELANDS_DATA, build_widelands  # noqa: E402
 from ..validation import ConfigError, require_int  # noqa: E402
-from .config import WESNOTH_CACHE, WESNOTH_UNITS, WIDELANDS_CACHE, registered  # noqa: E402
+from .keys import WESNOTH_CACHE, WESNOTH_UNITS, WIDELANDS_CACHE, registered  # noqa: E402
 
 __all__ = ["LeapFolder", "WesnothSprites", "WidelandsCharacters", "datasets_root", "dataset_kwargs", "build_dataset"]
 

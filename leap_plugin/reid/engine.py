@@ -23,7 +23,7 @@ imported) adds to ``DefaultTrainer`` itself, so that upstream's ``tools/train_ne
 ``default_setup`` additionally falls back to the CPU when ``MODEL.DEVICE`` is cuda on a
 machine without CUDA, validates the config (errors name the key), locks ``OUTPUT_DIR``
 against a second run, removes temporary files an interrupted write left there, and seeds
-every RNG from ``SEED`` when it is >= 0. :data:`LeapTrainer` is ``DefaultTrainer``.
+every RNG from ``SEED`` when it is >= 0. :class:`LeapTrainer` is ``DefaultTrainer`` by another name.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from fastreid.data.common import CommDataset
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import defaults as engine_defaults
 from fastreid.engine.defaults import DefaultTrainer
-from fastreid.engine.hooks import EvalHook, PeriodicWriter
+from fastreid.engine.hooks import EvalHook, LRScheduler, PeriodicWriter
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 
@@ -44,8 +44,10 @@ from ..data.longtail import long_tail_split
 from ..io import lock_folder
 from ..validation import ConfigError
 from .checkpoint import set_mismatch_policy
+from .compat._registry import patch
 from .compat.hardening import remove_stale_temporaries
 from .config import prepare_config
+from .contracts import CountsReceiver
 from .datasets import build_dataset
 from .head import leap_heads
 from .hooks import EpochHook, EvalResultsWriter, LeapHook, epoch_aware_modules
@@ -92,7 +94,7 @@ def class_counts(train_set: CommDataset) -> torch.Tensor:
 
 def hand_class_counts(model: torch.nn.Module, counts: torch.Tensor) -> int:
     """Give K_i to every module of ``model`` with ``set_class_counts``; returns how many."""
-    receivers = [m for m in model.modules() if hasattr(m, "set_class_counts")]
+    receivers = [m for m in model.modules() if isinstance(m, CountsReceiver)]
     for module in receivers:
         module.set_class_counts(counts)
     return len(receivers)
@@ -140,8 +142,9 @@ def _extend_build_hooks(original):
         heads = leap_heads(self.model)
         if heads:
             leap = self.cfg.MODEL.HEADS.LEAP
-            # After the LR scheduler, before evaluation, checkpointing and the writers.
-            hooks.insert(2, LeapHook(heads, leap.START_EPOCH, leap.CENTER_UPDATE_PERIOD, leap.STATS_PERIOD,
+            # Right after the LR scheduler, before evaluation, checkpointing and the writers.
+            after = next(i for i, hook in enumerate(hooks) if isinstance(hook, LRScheduler))
+            hooks.insert(after + 1, LeapHook(heads, leap.START_EPOCH, leap.CENTER_UPDATE_PERIOD, leap.STATS_PERIOD,
                                      self.cfg.LOG_PERIOD))
         epoch_aware = epoch_aware_modules(self.model)
         if epoch_aware:  # e.g. LongTailBaseline's deferred re-weighting
@@ -177,22 +180,24 @@ def _extend_default_setup(original):
     return default_setup
 
 
+@patch("trainer_extensions")
 def extend_fastreid() -> None:
-    """Extend fastreid's ``DefaultTrainer`` and ``default_setup`` in place (idempotent)."""
+    """Extend fastreid's ``DefaultTrainer`` and ``default_setup`` in place (once)."""
     import fastreid.engine as engine
 
-    if getattr(DefaultTrainer, "leap_plugin", False):
-        return
     DefaultTrainer.__init__ = _extend_init(DefaultTrainer.__init__)
     DefaultTrainer.build_hooks = _extend_build_hooks(DefaultTrainer.build_hooks)
     DefaultTrainer.resume_or_load = _extend_resume_or_load(DefaultTrainer.resume_or_load)
     DefaultTrainer.build_train_loader = classmethod(_build_train_loader)
     DefaultTrainer.build_test_loader = classmethod(_build_test_loader)
-    DefaultTrainer.leap_plugin = True
     setup = _extend_default_setup(engine_defaults.default_setup)
     engine_defaults.default_setup = setup
     engine.default_setup = setup
 
 
-#: fastreid's ``DefaultTrainer`` (extended on import): the name earlier versions exported.
-LeapTrainer = DefaultTrainer
+class LeapTrainer(DefaultTrainer):
+    """fastreid's ``DefaultTrainer``, under the name earlier versions exported.
+
+    Everything LEAP needs is added to ``DefaultTrainer`` itself on ``import leap_plugin``
+    (:func:`extend_fastreid`), so upstream's ``train_net.py`` and any trainer a user derives
+    from ``DefaultTrainer`` train LEAP too; this subclass adds nothing."""

@@ -17,7 +17,7 @@ from fastreid.config import configurable
 from fastreid.modeling.heads import REID_HEADS_REGISTRY, EmbeddingHead
 
 from ..core import LeapMemory
-from .config import leap_settings
+from .keys import leap_settings
 
 __all__ = ["LeapHead", "leap_heads"]
 

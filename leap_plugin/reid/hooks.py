@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from fastreid.engine.train_loop import HookBase
 
+from .contracts import EpochAware
 from .head import LeapHead
 
 __all__ = ["LeapHook", "EpochHook", "EvalResultsWriter", "epoch_aware_modules"]
@@ -84,7 +85,7 @@ class LeapHook(HookBase):
 
 def epoch_aware_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules of ``model`` (DDP-wrapped or not) that have ``set_epoch``."""
-    return [m for m in model.modules() if hasattr(m, "set_epoch")]
+    return [m for m in model.modules() if isinstance(m, EpochAware)]
 
 
 class EpochHook(HookBase):

@@ -4,7 +4,9 @@ fastreid looks classification layers up by name in ``fastreid.layers.any_softmax
 (``MODEL.HEADS.CLS_LAYER``) and builds them as ``cls(num_classes, scale, margin)``;
 :func:`register_layer` adds a layer there (and to its ``__all__``) and to
 :data:`CLS_LAYERS`, which drives the tests. What the constructor cannot take comes from
-the config afterwards: fastreid's ``build_heads`` is extended on import to call
+the config afterwards: a layer declares those keys as its ``options_config``
+(:class:`~leap_plugin.reid.keys.LayerOptions`; they are added to fastreid's defaults with
+the other keys), and fastreid's ``build_heads`` is extended on import to call
 :func:`configure_layers`, which calls ``configure(cfg)`` on every layer that has it.
 
 All keep fastreid's ``forward(logits, targets)`` contract (cosine logits in, scaled logits
@@ -22,11 +24,14 @@ from fastreid.layers import any_softmax
 from ..core import arcface_logits, check_setting, clouded_logits, cosface_logits
 from ..core.elastic import elastic_logits, paper_std
 from ..core.longtail import COUNT_METHODS, CountMethod, per_sample
-from ..validation import require_counts
+from ..validation import check_bool, check_number
+from .contracts import Configurable
+from .counts import ClassCounts
+from .keys import LayerOptions
 
 __all__ = [
     "CLS_LAYERS", "register_layer", "cloud_layers", "configure_layers", "LeapCosSoftmax", "LeapArcSoftmax",
-    "ClassCounts", "CountAwareSoftmax", "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "GCLSoftmax",
+    "CountAwareSoftmax", "LDAMSoftmax", "BalancedSoftmax", "AdaptiveArcSoftmax", "GCLSoftmax",
     "LeapLDAMSoftmax", "ElasticCosSoftmax", "ElasticArcSoftmax",
 ]
 
@@ -53,7 +58,7 @@ def cloud_layers() -> list[str]:
 def configure_layers(module: torch.nn.Module, cfg) -> None:
     """Call ``configure(cfg)`` on every module inside ``module`` that has it."""
     for m in module.modules():
-        if hasattr(m, "configure") and callable(m.configure):
+        if isinstance(m, Configurable):
             m.configure(cfg)
 
 
@@ -98,37 +103,26 @@ class LeapArcSoftmax(_LeapSoftmax):
     logits_fn = staticmethod(arcface_logits)
 
 
-class ClassCounts:
-    """K_i as a long buffer ``class_counts``, zero until :meth:`set_class_counts` (fastreid's
-    trainer calls it after ``import leap_plugin``), for modules whose output depends on K_i."""
+def _non_negative(key: str, value) -> float:
+    return check_number(key, value, 0.0)
 
-    def _register_class_counts(self, num_classes: int) -> None:
-        self.register_buffer("class_counts", torch.zeros(num_classes, dtype=torch.long))
 
-    def set_class_counts(self, counts) -> None:
-        """Set K_i, one count >= 1 per class id (fastreid's relabelled ids)."""
-        counts = torch.as_tensor(counts, dtype=torch.long)
-        if counts.shape != self.class_counts.shape:
-            raise ValueError(f"{type(self).__name__}: class counts must have shape "
-                             f"{tuple(self.class_counts.shape)}, got {tuple(counts.shape)}")
-        self.class_counts.copy_(require_counts(counts))
-
-    def checked_counts(self) -> torch.Tensor:
-        """K_i; raises ``RuntimeError`` when they were never set."""
-        # A zero count can only mean "never set": training on it would silently use wrong margins.
-        if not bool(self.class_counts.all()):
-            raise RuntimeError(f"{type(self).__name__} needs the class counts K_i: train with fastreid's "
-                               "DefaultTrainer after `import leap_plugin`, or call set_class_counts(counts)")
-        return self.class_counts
+def count_options(node: str, method: CountMethod, keys: dict[str, tuple[str, str]]) -> LayerOptions:
+    """The keys of a count-aware method's options: ``keys`` maps each option to ``(KEY,
+    meaning)``; the defaults are the method's (the papers'), every value a number >= 0."""
+    return LayerOptions(node, {option: (key, method.options[option], meaning) for option, (key, meaning) in keys.items()},
+                        {option: _non_negative for option in keys})
 
 
 class CountAwareSoftmax(ClassCounts, any_softmax.Linear):
     """A fastreid classification layer whose logits depend on K_i through a method of
     :data:`leap_plugin.core.longtail.COUNT_METHODS` (``method``). The method's options
-    (defaults from the method table) are set from ``MODEL.HEADS.<node>`` by :meth:`configure`.
+    (defaults from the method table) are set from the layer's ``options_config`` keys by
+    :meth:`configure`.
     """
 
     method: CountMethod
+    options_config: LayerOptions
 
     def __init__(self, num_classes: int, scale: float, margin: float):
         super().__init__(num_classes, scale, margin)
@@ -136,9 +130,7 @@ class CountAwareSoftmax(ClassCounts, any_softmax.Linear):
         self.options = dict(self.method.options)
 
     def configure(self, cfg) -> None:
-        from .config import peer_options
-
-        self.options = peer_options(cfg, self.method.name)
+        self.options = self.options_config.read(cfg)
 
     def per_class(self) -> torch.Tensor:
         return self.method.per_class(self.checked_counts(), **self.options)
@@ -161,6 +153,7 @@ class LDAMSoftmax(CountAwareSoftmax):
     ``MODEL.HEADS.LDAM.MAX_M``). ``MODEL.HEADS.MARGIN`` is unused."""
 
     method = COUNT_METHODS["ldam"]
+    options_config = count_options("MODEL.HEADS.LDAM", method, {"max_m": ("MAX_M", "the rarest class's cosine margin")})
 
 
 @register_layer
@@ -171,6 +164,8 @@ class BalancedSoftmax(CountAwareSoftmax):
     target (0 for the papers' plain softmax). Training loss only: inference returns features."""
 
     method = COUNT_METHODS["balanced_softmax"]
+    options_config = count_options("MODEL.HEADS.LOGIT_ADJUST", method,
+                                   {"tau": ("TAU", "logit adjustment strength; 1 = Balanced Softmax")})
 
 
 @register_layer
@@ -184,6 +179,9 @@ class AdaptiveArcSoftmax(CountAwareSoftmax):
     (the authors' competition code instead rescales ``K_i^(-1/4)`` to [0.05, 0.5])."""
 
     method = COUNT_METHODS["adaptive_arc"]
+    options_config = count_options("MODEL.HEADS.ADAPTIVE_ARC", method, {
+        "a": ("A", "scale of the count-dependent margin (radians)"),
+        "lam": ("LAMBDA", "decay of the margin with K_i"), "b": ("B", "margin of very frequent classes (radians)")})
 
 
 @register_layer
@@ -197,6 +195,12 @@ class GCLSoftmax(CountAwareSoftmax):
     stage (re-training the classifier with balanced sampling) is not part of this layer."""
 
     method = COUNT_METHODS["gcl"]
+    options_config = count_options("MODEL.HEADS.GCL", method,
+                                   {"noise_mul": ("NOISE_MUL", "GCL: the rarest class's noise amplitude (a cosine)")})
+
+
+def _number(key: str, value) -> float:
+    return check_number(key, value)
 
 
 class _ElasticSoftmax(any_softmax.Linear):
@@ -207,6 +211,12 @@ class _ElasticSoftmax(any_softmax.Linear):
     (ElasticFace+: the smallest draws to the samples closest to their class)."""
 
     kind: str
+    options_config = LayerOptions("MODEL.HEADS.ELASTIC", {
+        "mean": ("MEAN", -1.0, "ElasticFace: mean of the margin draws; < 0: MODEL.HEADS.MARGIN"),
+        "std": ("STD", -1.0, "ElasticFace: std of the margin draws; < 0: the paper's (0.05; ElasticFace+ "
+                             "0.0175 Arc, 0.02 Cos)"),
+        "plus": ("PLUS", False, "ElasticFace+: the smallest margins to the samples closest to their class"),
+    }, {"mean": _number, "std": _number, "plus": check_bool})
 
     def __init__(self, num_classes: int, scale: float, margin: float):
         super().__init__(num_classes, scale, margin)
@@ -214,10 +224,10 @@ class _ElasticSoftmax(any_softmax.Linear):
         self.std = paper_std(self.kind)
 
     def configure(self, cfg) -> None:
-        from .config import elastic_options
-
-        options = elastic_options(cfg, self.kind)
-        self.m, self.std, self.plus = options["mean"], options["std"], options["plus"]
+        options = self.options_config.read(cfg)
+        self.plus = bool(options["plus"])
+        self.m = float(cfg.MODEL.HEADS.MARGIN) if options["mean"] < 0 else options["mean"]
+        self.std = paper_std(self.kind, self.plus) if options["std"] < 0 else options["std"]
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return elastic_logits(self.kind, logits, targets, self.s, self.m, self.std, self.plus)

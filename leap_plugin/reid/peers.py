@@ -7,7 +7,8 @@
   class-balanced weight of its class (Cui et al., CVPR 2019), from epoch
   ``CLASS_BALANCED.START_EPOCH`` on (deferred re-weighting, DRW, when > 0). It works with
   any head, LEAP's included; :class:`~leap_plugin.reid.hooks.EpochHook` tells it the epoch.
-- :data:`PEER_METHODS`: the overrides that turn the CosFace baseline into each peer.
+- The overrides that turn a stock config into each peer method are in the method table,
+  :data:`leap_plugin.reid.methods.METHODS`.
 
 Every count-dependent vector is derived from the class counts K_i, a buffer: checkpoints
 carry it, and since every rank counts the same training set it is identical on all ranks.
@@ -21,9 +22,9 @@ from fastreid.config import configurable
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
 
 from ..core.longtail import effective_number_weights, weighted_cross_entropy
-from .layers import ClassCounts
+from .counts import ClassCounts
 
-__all__ = ["LongTailBaseline", "PEER_METHODS"]
+__all__ = ["LongTailBaseline"]
 
 logger = logging.getLogger("fastreid." + __name__)  # fastreid's setup_logger handles "fastreid.*"
 
@@ -77,29 +78,3 @@ class LongTailBaseline(ClassCounts, Baseline):
             loss_dict["loss_cls"] = weighted_cross_entropy(
                 outputs["cls_outputs"], gt_labels, weights, ce["eps"]) * ce["scale"]
         return loss_dict
-
-
-# ---------------------------------------------------------------------------- methods
-_LONG_TAIL = ["MODEL.META_ARCHITECTURE", "LongTailBaseline"]
-_CLASS_BALANCED = _LONG_TAIL + ["MODEL.LOSSES.CLASS_BALANCED.ENABLED", "True"]
-
-#: fastreid ``KEY VALUE`` overrides (for ``merge_from_list`` or the command line) that turn
-#: the CosFace baseline (``configs/<data set>/cosface_R50.yml``) into each peer method.
-#: ``ldam_drw`` re-weights from epoch 48 of the baseline's 60: LDAM-DRW's 160 of 200
-#: (Cao et al. 2019); override ``MODEL.LOSSES.CLASS_BALANCED.START_EPOCH`` with another
-#: ``SOLVER.MAX_EPOCH``. ``adaptive_arc`` uses ArcFace's re-ID scale s = 16, as
-#: ``arcface_R50.yml``; ``balanced_softmax`` drops the CosFace margin, as the papers do.
-PEER_METHODS: dict[str, list[str]] = {
-    "ldam": ["MODEL.HEADS.CLS_LAYER", "LDAMSoftmax"],
-    "ldam_drw": ["MODEL.HEADS.CLS_LAYER", "LDAMSoftmax"] + _CLASS_BALANCED
-    + ["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "48"],
-    "balanced_softmax": ["MODEL.HEADS.CLS_LAYER", "BalancedSoftmax", "MODEL.HEADS.MARGIN", "0.0"],
-    "adaptive_arc": ["MODEL.HEADS.CLS_LAYER", "AdaptiveArcSoftmax", "MODEL.HEADS.SCALE", "16"],
-    "cb_cosface": _CLASS_BALANCED,
-    # the closest relatives of LEAP: noise on the logits by class count (GCL, the paper's first
-    # stage without a margin) or the same random margin distribution for every class
-    # (ElasticFace, mean = the baseline's margin)
-    "gcl": ["MODEL.HEADS.CLS_LAYER", "GCLSoftmax", "MODEL.HEADS.MARGIN", "0.0"],
-    "elastic_cos": ["MODEL.HEADS.CLS_LAYER", "ElasticCosSoftmax"],
-    "elastic_arc": ["MODEL.HEADS.CLS_LAYER", "ElasticArcSoftmax", "MODEL.HEADS.SCALE", "16"],
-}

@@ -17,7 +17,7 @@ from fastreid.modeling.backbones.mobilenet import MobileNetV2
 
 from ..io import atomic_write
 from ..validation import ConfigError
-from .config import defrosted
+from .keys import defrosted
 
 __all__ = ["DEEP_SORT_TOKEN", "deep_sort_weights_file", "fastreid_mobilenetv2_weights", "resolve_pretrained"]
 

@@ -16,9 +16,20 @@ import market_data
 from leap_plugin.reid.config import ConfigError, add_leap_config, load_config
 from leap_plugin.reid.hooks import EpochHook
 from leap_plugin.reid.layers import AdaptiveArcSoftmax
-from leap_plugin.reid.peers import PEER_METHODS, LongTailBaseline
+from leap_plugin.reid.methods import method_overrides
+from leap_plugin.reid.peers import LongTailBaseline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: shipped config name -> the method of the table it is
+PEERS = {"ldam": "ldam", "ldam_drw": "ldam_drw", "balanced_softmax": "balanced_softmax",
+         "adaptive_arc": "adaptive_arc", "cb_cosface": "cb_cosface", "gcl": "GCL", "elastic_cos": "ElasticFace-Cos",
+         "elastic_arc": "ElasticFace-Arc"}
+
+
+def peer(name):
+    """The overrides of a peer method on the shipped Market-1501 CosFace config (60 epochs)."""
+    stock = load_config(os.path.join(ROOT, "configs", "Market1501", "cosface_R50.yml"))
+    return method_overrides(PEERS[name], stock)
 COUNTS = [40, 12, 7, 3, 1, 20]
 BUILD_OPTS = ["MODEL.BACKBONE.PRETRAIN", "False", "SOLVER.AMP.ENABLED", "False",
               "MODEL.HEADS.NUM_CLASSES", "10", "MODEL.DEVICE", "cpu"]
@@ -86,8 +97,8 @@ def test_add_leap_config_is_idempotent_and_keeps_values():
     (["MODEL.LOSSES.CLASS_BALANCED.BETA", "1.0"], "BETA = 1.0.*\\[0, 1\\)"),
     (["MODEL.LOSSES.CLASS_BALANCED.START_EPOCH", "-1"], "START_EPOCH = -1"),
     (["MODEL.LOSSES.CLASS_BALANCED.ENABLED", "True"], "META_ARCHITECTURE = 'Baseline'.*LongTailBaseline"),
-    (PEER_METHODS["cb_cosface"] + ["MODEL.LOSSES.CE.EPSILON", "-1.0"], "CE.EPSILON = -1.0"),
-    (PEER_METHODS["cb_cosface"] + ["MODEL.LOSSES.NAME", "('TripletLoss',)"], "LOSSES.NAME.*CrossEntropyLoss"),
+    (peer("cb_cosface") + ["MODEL.LOSSES.CE.EPSILON", "-1.0"], "CE.EPSILON = -1.0"),
+    (peer("cb_cosface") + ["MODEL.LOSSES.NAME", "('TripletLoss',)"], "LOSSES.NAME.*CrossEntropyLoss"),
 ])
 def test_bad_peer_values_name_key_and_allowed_values(opts, match):
     with pytest.raises(ConfigError, match=match):
@@ -97,7 +108,7 @@ def test_bad_peer_values_name_key_and_allowed_values(opts, match):
 def test_configured_hyperparameters_reach_the_layer():
     from fastreid.modeling import build_model
 
-    cfg = load_config("", BUILD_OPTS + PEER_METHODS["adaptive_arc"] + [
+    cfg = load_config("", BUILD_OPTS + peer("adaptive_arc") + [
         "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512",
         "MODEL.HEADS.ADAPTIVE_ARC.A", "0.3", "MODEL.HEADS.ADAPTIVE_ARC.B", "0.1"])
     cls_layer = build_model(cfg).heads.cls_layer  # fastreid's Baseline: configured without LongTailBaseline
@@ -112,7 +123,7 @@ def test_configured_hyperparameters_reach_the_layer():
 def test_elastic_face_keys_reach_the_layer(extra, want):
     from fastreid.modeling import build_model
 
-    cfg = load_config("", BUILD_OPTS + PEER_METHODS["elastic_arc"] + [
+    cfg = load_config("", BUILD_OPTS + peer("elastic_arc") + [
         "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.HEADS.MARGIN", "0.3"] + extra)
     layer = build_model(cfg).heads.cls_layer
     assert type(layer).__name__ == "ElasticArcSoftmax"
@@ -122,7 +133,7 @@ def test_elastic_face_keys_reach_the_layer(extra, want):
 def test_gcl_noise_mul_reaches_the_layer():
     from fastreid.modeling import build_model
 
-    cfg = load_config("", BUILD_OPTS + PEER_METHODS["gcl"] + [
+    cfg = load_config("", BUILD_OPTS + peer("gcl") + [
         "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.HEADS.GCL.NOISE_MUL", "0.2"])
     assert build_model(cfg).heads.cls_layer.options == {"noise_mul": 0.2}
 
@@ -130,7 +141,7 @@ def test_gcl_noise_mul_reaches_the_layer():
 # --------------------------------------------------------------------- shipped configs
 DATASETS = ["Market1501", "DukeMTMC", "MSMT17"]
 #: each shipped config = (the config it extends, the overrides that make it)
-SHIPPED = {m: ("cosface_R50", opts) for m, opts in PEER_METHODS.items()}
+SHIPPED = {m: ("cosface_R50", peer(m)) for m in PEERS}
 SHIPPED["leap_cf_cb"] = ("leap_cf_R50", ["MODEL.META_ARCHITECTURE", "LongTailBaseline",
                                          "MODEL.LOSSES.CLASS_BALANCED.ENABLED", "True"])
 
