@@ -5,7 +5,7 @@
     python benchmarks/face.py --methods CosFace LEAP-CV --seeds 0 --jobs 2
 
 No face-identity data set can be downloaded here, so the face path is measured on the real,
-identity-labelled sprites of Debian's ``wesnoth-1.16-data`` (SPEC section 5), treated as
+identity-labelled sprites of Debian's ``wesnoth-1.16-data``, treated as
 arcface_torch treats faces: half the identities train, cut to the paper's long-tailed
 ``<H_a, T_b>`` (Table 6: the top ``a`` identities whole, the next ``b`` with a few images
 each); the held-out identities give identity-disjoint verification pairs written as an
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys

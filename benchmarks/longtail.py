@@ -36,16 +36,16 @@ from leap_plugin.runs import SETTINGS, SPRITE_CONFIGS, code_commit, machine_id, 
 
 #: The stock config every method is applied to (CosFace, s = 24, m = 0.2).
 STOCK = "cosface_mnv2.yml"
-# Schedule and backbone ablations (issue 3). START_EPOCH stays 5 in the longer schedule: the
+# Schedule and backbone ablations. START_EPOCH stays 5 in the longer schedule: the
 # angle memory needs the same warm-up whatever the length. ResNet-18 is trained from scratch
-# (no ResNet ImageNet weights ship in a registry package, SPEC section 5).
+# (no ResNet ImageNet weights ship in a PyPI or Debian package, and nothing is downloaded).
 PAIRED_ABLATIONS = {
     "32 ep": ["SOLVER.MAX_EPOCH", "32", "TEST.EVAL_PERIOD", "32"],
     "R18 scratch": ["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "18x",
                     "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.BACKBONE.LAST_STRIDE", "1",
                     "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.BACKBONE.PRETRAIN_PATH", ""],
 }
-#: The CLOUD_SCALE sweep of issue 16; the shipped scale is the method without a suffix.
+#: The CLOUD_SCALE sweep; the shipped scale is the method without a suffix.
 SWEEP_SCALES = (1.0, 2.0, 3.0, 5.0)
 
 #: The data sets: name -> the KEY VALUE overrides that point the sprite configs at it.

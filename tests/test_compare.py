@@ -10,8 +10,8 @@ import time
 import pytest
 
 import leap_plugin  # noqa: F401
-import market_data
-from face import face_helpers as fh
+from tests.helpers import market_data
+from tests.helpers import face_helpers as fh
 from leap_plugin.reid.config import load_config
 from leap_plugin.reid.methods import METHODS, check_applicable, describe, method_overrides
 

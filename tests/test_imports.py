@@ -1,4 +1,4 @@
-"""Issue 14: no module-level import cycle inside leap_plugin, and the core knows no toolbox."""
+"""No module-level import cycle inside leap_plugin, and the core knows no toolbox."""
 import ast
 import os
 

@@ -1,4 +1,4 @@
-"""Issue 13: ``pip install .`` (not editable) gives working entry points that find the
+"""``pip install .`` (not editable) gives working entry points that find the
 shipped configs, from any folder."""
 import os
 import subprocess

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from torch.autograd.function import once_differentiable
 
-from .settings import ALPHA_MODES
+from .settings import ALPHA_MODES, check_setting
 
 logger = logging.getLogger("leap_plugin.cloud")
 
@@ -46,8 +46,7 @@ def sample_alpha(
     Returns:
         alpha in radians, float32, no gradient.
     """
-    if mode not in ALPHA_MODES:
-        raise ValueError(f"alpha mode must be one of {ALPHA_MODES}, got {mode!r}")
+    check_setting("alpha_mode", mode)
     std = variance.detach().float().clamp_min(0).sqrt().unsqueeze(1)
     cols = num_logits if mode == "logit" else 1
     noise = torch.randn(

@@ -1,5 +1,5 @@
 """All-gather of per-rank mini-batches, so that every rank updates the LEAP state
-from the same global batch (SPEC section 1, "Distributed")."""
+from the same global batch, so that every rank holds the same centers and angle memory."""
 from __future__ import annotations
 
 import socket

@@ -7,7 +7,7 @@ batch, so all ranks hold identical state.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import logging
 
@@ -18,7 +18,7 @@ from torch import nn
 from ..validation import require_counts
 from .cloud import COS_EPS, check_labels
 from .distributed import all_gather_rows
-from .settings import DEFAULTS, check_setting
+from .settings import DEFAULTS, LeapSettings
 from .variance import Reduce, cloud_variance
 
 __all__ = ["LeapMemory", "LeapStateMismatch", "group_ranks"]
@@ -52,20 +52,14 @@ class LeapMemory(nn.Module):
         class_counts: K_i, the number of training samples of each class; sets the
             memory capacity ``S_i = K_i * memory_factor`` (Eq. 5). May be set later with
             :meth:`set_class_counts` (the memory is empty until then).
-        center_lr: gamma of Eq. 4, in [0, 1] (:data:`~leap_plugin.core.settings.CENTER_UPDATES`
-            says which of the two centers it weighs).
-        center_update: ``"ema"`` (moving average) or ``"printed"`` (Eq. 4 as printed).
-        memory_factor: P of Eq. 5, a positive integer.
-        version: ``"full"`` (Eq. 9) or ``"vanilla"`` (Eq. 6).
-        tail_threshold: T, the vanilla version's head/tail threshold on K_i.
-        statistic: ``"paper"`` or ``"loo"`` (:data:`~leap_plugin.core.settings.ANGLE_STATISTICS`).
-        cloud_scale: multiplies the std of alpha (1 = the paper).
-        cloud: ``"class"`` (the paper) or ``"uniform"`` (the control).
+        settings: the LEAP settings (:class:`~leap_plugin.core.settings.LeapSettings`; the
+            shipped defaults when omitted). This module uses ``center_lr`` (gamma of Eq. 4),
+            ``center_update``, ``memory_factor`` (P of Eq. 5), ``version``,
+            ``tail_threshold`` (T), ``statistic``, ``cloud_scale`` and ``cloud``.
         reduce: None, or a function summing a tensor over the ranks when this memory holds
             one shard of the classes (the pooled variances of Eq. 6 / 9 and the logged
             averages then cover all classes; :mod:`leap_plugin.core.variance`).
-
-    Defaults: :data:`leap_plugin.core.settings.DEFAULTS`.
+        **overrides: settings by name, replacing those of ``settings`` (``center_lr=0.2``).
     """
 
     def __init__(
@@ -73,27 +67,22 @@ class LeapMemory(nn.Module):
         num_classes: int,
         feat_dim: int,
         class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
-        center_lr: float = DEFAULTS.center_lr,
-        memory_factor: int = DEFAULTS.memory_factor,
-        version: str = DEFAULTS.version,
-        tail_threshold: int = DEFAULTS.tail_threshold,
-        statistic: str = DEFAULTS.statistic,
-        center_update: str = DEFAULTS.center_update,
-        cloud_scale: float = DEFAULTS.cloud_scale,
-        cloud: str = DEFAULTS.cloud,
+        settings: LeapSettings = DEFAULTS,
         reduce: Reduce = None,
+        **overrides: Any,
     ):
         super().__init__()
+        settings = settings.replace(**overrides) if overrides else settings
         self.reduce = reduce
         self.num_classes = num_classes
-        self.center_lr = check_setting("center_lr", center_lr)
-        self.memory_factor = check_setting("memory_factor", memory_factor)
-        self.version = check_setting("version", version)
-        self.tail_threshold = check_setting("tail_threshold", tail_threshold)
-        self.statistic = check_setting("statistic", statistic)
-        self.center_update = check_setting("center_update", center_update)
-        self.cloud_scale = check_setting("cloud_scale", cloud_scale)
-        self.cloud = check_setting("cloud", cloud)
+        self.center_lr = settings.center_lr
+        self.memory_factor = settings.memory_factor
+        self.version = settings.version
+        self.tail_threshold = settings.tail_threshold
+        self.statistic = settings.statistic
+        self.center_update = settings.center_update
+        self.cloud_scale = settings.cloud_scale
+        self.cloud = settings.cloud
         #: feature rows left out of the updates because they were not finite (NaN / inf)
         self.dropped_rows = 0
 
@@ -254,7 +243,7 @@ class LeapMemory(nn.Module):
             # Leave-one-out: remove f_n's own share a_n. The rest is a mean of other samples
             # with squared-weight sum S_-n = (S - a_n^2) / (1 - a_n)^2, so it sits off the
             # true center by sqrt(S_-n) of the spread and E[angle^2] grows by (1 + S_-n):
-            # divide it out (issue 6: the paper's statistic instead shrinks with few samples).
+            # divide it out (the paper's statistic instead shrinks with few samples: docs/design.md).
             a = (torch.where(seen, w_new, 1.0) / n)[inverse]
             center = center - a.unsqueeze(1) * feats
             s_rest = (self.center_weight_sq[labels] - a ** 2) / (1 - a).clamp_min(1e-12) ** 2

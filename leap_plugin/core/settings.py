@@ -2,8 +2,9 @@
 
 The fastreid adapter turns each field into the key ``MODEL.HEADS.LEAP.<NAME>`` (upper
 case), the insightface adapter into ``leap.<name>``; :class:`~leap_plugin.core.LeapMemory`
-and :class:`~leap_plugin.face.LeapPartialFC` take the same names as keyword arguments with
-these defaults. A new setting is added here and reaches all of them.
+and :class:`~leap_plugin.face.LeapPartialFC` take a :class:`LeapSettings` (default: these
+defaults) plus keyword overrides of the same names. A new setting is added here and reaches
+all of them.
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ CLOUDS = ("class", "uniform")
 
 _Check = Callable[[str, Any], Any]
 
+#: Upper bound of ``cloud_scale``. Per-class cloud stds measured at scale 1 are 0.03-0.15 rad
+#: (sprites, faces); 30 times that is 1-4.5 rad, already past pi, where every angle is clipped.
+MAX_CLOUD_SCALE = 30.0
+
 
 def _choice(choices: tuple) -> _Check:
     def check(key: str, value: Any) -> Any:
@@ -67,7 +72,8 @@ def _setting(default: Any, check: _Check, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class LeapSettings:
-    """The feature-cloud settings of SPEC section 1-2 (paper section in brackets)."""
+    """The feature-cloud settings (equations of the paper in brackets; docs/design.md says where
+    we read the paper one way among several)."""
 
     enabled: bool = _setting(False, _bool, "build the LEAP state and perturb the training logits")
     version: str = _setting("full", _choice(VERSIONS),
@@ -88,8 +94,8 @@ class LeapSettings:
                                "sample: one alpha per sample, shared by its logits")
     statistic: str = _setting("paper", _choice(ANGLE_STATISTICS),
                               "paper: Eq. 3-5 as printed; loo: bias-aware leave-one-out angles")
-    cloud_scale: float = _setting(3.0, _number(0.0), "multiplies the std of every alpha draw: "
-                                                     "alpha ~ N(0, scale^2 * w_i); 1 = the paper")
+    cloud_scale: float = _setting(3.0, _number(0.0, MAX_CLOUD_SCALE, "clouds wider than pi clip every angle"),
+                                  "multiplies the std of every alpha draw: alpha ~ N(0, scale^2 * w_i); 1 = the paper")
     cloud: str = _setting("class", _choice(CLOUDS),
                           "class: each class's own width (the paper); uniform: the control, "
                           "the same width for every class with statistics")
@@ -115,9 +121,12 @@ class LeapSettings:
             fail(node, dict(values), f"unknown keys {unknown}; allowed: {sorted(cls.names())}")
         return cls(**{name: check_setting(name, value, key(name)) for name, value in values.items()})
 
-    def memory_kwargs(self) -> dict[str, Any]:
-        """The arguments of :class:`~leap_plugin.core.LeapMemory` among these settings."""
-        return {name: getattr(self, name) for name in _MEMORY_SETTINGS}
+    def replace(self, **changes: Any) -> "LeapSettings":
+        """These settings with ``changes`` (checked; an unknown name raises ConfigError)."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            fail("LEAP settings", changes, f"unknown names {unknown}; allowed: {sorted(self.names())}")
+        return dataclasses.replace(self, **{name: check_setting(name, value) for name, value in changes.items()})
 
 
 def check_setting(name: str, value: Any, key: str | None = None) -> Any:
@@ -128,7 +137,3 @@ def check_setting(name: str, value: Any, key: str | None = None) -> Any:
 
 #: The settings as shipped.
 DEFAULTS = LeapSettings()
-
-#: Settings that shape the angle memory and the cloud widths (the rest are schedule and layer).
-_MEMORY_SETTINGS = ("center_lr", "center_update", "memory_factor", "version", "tail_threshold", "statistic",
-                    "cloud_scale", "cloud")

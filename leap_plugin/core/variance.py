@@ -16,9 +16,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .settings import CLOUDS, VERSIONS
+from .settings import DEFAULTS, check_setting
 
-__all__ = ["VERSIONS", "CLOUDS", "head_variance", "pooled_variance", "cloud_variance", "uniform_cloud", "Reduce"]
+__all__ = ["head_variance", "pooled_variance", "cloud_variance", "uniform_cloud", "Reduce"]
 
 #: Sums a tensor over the shards of the classes (identity in one process).
 Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -65,10 +65,10 @@ def cloud_variance(
     var: torch.Tensor,
     valid: torch.Tensor,
     counts: torch.Tensor,
-    version: str = "full",
-    tail_threshold: int = 0,
-    cloud_scale: float = 1.0,
-    cloud: str = "class",
+    version: str = DEFAULTS.version,
+    tail_threshold: int = DEFAULTS.tail_threshold,
+    cloud_scale: float = DEFAULTS.cloud_scale,
+    cloud: str = DEFAULTS.cloud,
     reduce: Reduce = None,
 ) -> torch.Tensor:
     """Per-class variance of alpha (Sec. 3.4), times ``cloud_scale ** 2``.
@@ -81,16 +81,13 @@ def cloud_variance(
     Returns:
         (C,) tensor of cloud variances in rad^2; 0 = no cloud.
     """
-    if cloud not in CLOUDS:
-        raise ValueError(f"cloud must be one of {CLOUDS}, got {cloud!r}")
-    if version == "full":
+    check_setting("cloud", cloud)
+    if check_setting("version", version) == "full":
         target = pooled_variance(var, valid, counts, reduce)
         eligible = valid
-    elif version == "vanilla":
+    else:  # vanilla
         target = head_variance(var, valid, counts, tail_threshold, reduce)
         eligible = valid & (counts <= tail_threshold)
-    else:
-        raise ValueError(f"LEAP version must be one of {VERSIONS}, got {version!r}")
     widths = torch.where(eligible, (target - var).clamp_min(0), torch.zeros_like(var))
     if cloud == "uniform":
         widths = uniform_cloud(widths, valid, reduce)

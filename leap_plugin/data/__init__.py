@@ -1,5 +1,5 @@
-"""Toolbox-free data handling: long-tailed splits (SPEC section 2) and identity-labelled
-image folders, Wesnoth's unit sprites included (SPEC section 5)."""
+"""Toolbox-free data handling: the paper's long-tailed ``<H_n, S_k>`` splits and identity-labelled
+image folders, Wesnoth's unit sprites and Widelands' characters (Debian packages) included."""
 from .folders import (
     WESNOTH_UNITS,
     composite_rgba,

@@ -1,4 +1,5 @@
-"""Long-tailed training sets built from any identity-labelled list (SPEC section 2).
+"""Long-tailed training sets built from any identity-labelled list: the paper's ``<H_n, S_k>``
+(and, for faces, ``<H_a, T_b>``) splits.
 
 Items are fastreid's tuples ``(img_path, pid, camid)``; nothing here imports a toolbox.
 """
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 

@@ -1,9 +1,9 @@
 """Configuration of ``leap-face-train``: arcface_torch-style Python config files.
 
 A config file is a Python module defining ``config`` as a dict, an ``EasyDict`` or a
-``SimpleNamespace``; its keys override :data:`DEFAULTS` (the names and defaults of
+``SimpleNamespace``; its keys override :data:`FACE_DEFAULTS` (the names and defaults of
 arcface_torch's ``configs/base.py`` where they exist). LEAP's settings are the dict
-``leap`` (SPEC section 2 names, lower case), the long-tailed split the dict ``long_tail``.
+``leap`` (the names of fastreid's ``MODEL.HEADS.LEAP`` keys, lower case), the long-tailed split the dict ``long_tail``.
 Keys of arcface_torch that this trainer does not use (``dali``, ``wandb_*`` ...) are
 reported and ignored, so arcface_torch configs load unchanged.
 """
@@ -17,7 +17,8 @@ import runpy
 from types import SimpleNamespace
 from typing import Any, Iterable, Optional, Sequence
 
-from ..core import DEFAULTS, LeapSettings
+from ..core import DEFAULTS as LEAP_SETTINGS
+from ..core import LeapSettings
 from ..resources import find_config
 from ..validation import ConfigError, check_choice, check_int, check_number, fail
 from ..core.longtail import COUNT_METHODS
@@ -25,47 +26,53 @@ from .backbones import BACKBONES
 from .longtail import LONG_TAIL_METHODS
 from .margin import check_margin_list
 
-__all__ = ["DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
+__all__ = ["FACE_KEYS", "FACE_DEFAULTS", "LEAP_DEFAULTS", "ConfigError", "load_config", "validate"]
 
 logger = logging.getLogger(__name__)
 
 #: ``leap=dict(...)``: the feature-cloud settings of :class:`leap_plugin.core.LeapSettings`
 #: (``start_epoch`` counts from 0) plus the face-only ``exact_grad`` of
 #: :class:`~leap_plugin.face.LeapMarginLoss` (False: arcface_torch's gradient).
-LEAP_DEFAULTS = {**{name: getattr(DEFAULTS, name) for name in LeapSettings.names()}, "exact_grad": False}
+LEAP_DEFAULTS = {**{name: getattr(LEAP_SETTINGS, name) for name in LeapSettings.names()}, "exact_grad": False}
 
-DEFAULTS = {
-    "margin_list": (1.0, 0.5, 0.0),  # ArcFace; CosFace is (1.0, 0.0, 0.4)
-    "scale": 64.0,                   # s of Eq. 1-2 / 7-8
-    "interclass_filtering_threshold": 0.0,
-    "network": "r50",
-    "embedding_size": 512,
-    "dropout": 0.0,
-    "sample_rate": 1.0,
-    "fp16": False,
-    "batch_size": 128,               # per rank
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "num_epoch": 20,
-    "warmup_epoch": 0,
-    "verbose": 2000,                 # training steps between verifications
-    "frequent": 10,                  # training steps between log lines
-    "seed": 2048,
-    "num_workers": 2,
-    "rec": None,                     # image folder (one sub-folder per identity), a .rec, or a folder with train.rec
-    "num_classes": None,             # None: the number of identities kept
-    "class_counts": None,            # None: K_i counted from rec; or a leap-face-counts file
-    "pretrained": None,              # None, or backbone weights to start from (arcface_torch model.pt / checkpoint)
-    "input_size": 112,               # side of the face crops (112: arcface_torch; a multiple of 16)
-    "val_targets": [],               # .bin paths, or names looked up as <rec>/<name>.bin
-    "output": None,
-    "resume": False,
-    "long_tail": None,               # dict(head=, tail_classes=, tail_samples=, seed=)
-    "long_tail_loss": None,          # dict(method=<a key of LONG_TAIL_METHODS>, **options), instead of LEAP
-    "leap": {},
+#: Every key of a leap-face-train config: name -> (default, meaning). The names and defaults
+#: are arcface_torch's ``configs/base.py`` where it has the key.
+FACE_KEYS: dict[str, tuple[Any, str]] = {
+    "margin_list": ((1.0, 0.5, 0.0), "(m1, m2, m3): (1, m, 0) ArcFace (m radians), (1, 0, m) CosFace (arcface_torch: "
+                                     "(1, 0, 0.4))"),
+    "scale": (64.0, "s, the scale of the logits (Eq. 1-2, 7-8)"),
+    "interclass_filtering_threshold": (0.0, "non-target cosines above it are zeroed (arcface_torch); 0: off"),
+    "network": ("r50", "backbone: r18, r34, r50, r100, mbf (arcface_torch's names)"),
+    "embedding_size": (512, "size of the face embedding"),
+    "dropout": (0.0, "dropout before the embedding layer"),
+    "sample_rate": (1.0, "PartialFC: fraction of the classes in each step's softmax (all positives kept)"),
+    "fp16": (False, "mixed precision of the backbone and the class logits (CUDA)"),
+    "batch_size": (128, "images per rank and step"),
+    "optimizer": ("sgd", "sgd or adamw"),
+    "lr": (0.1, "learning rate (polynomial decay after the warm-up)"),
+    "momentum": (0.9, "SGD momentum"),
+    "weight_decay": (5e-4, "weight decay"),
+    "num_epoch": (20, "epochs"),
+    "warmup_epoch": (0, "epochs of linear learning-rate warm-up"),
+    "verbose": (2000, "training steps between verifications of val_targets"),
+    "frequent": (10, "training steps between log lines (and the last step of every epoch)"),
+    "seed": (2048, "seed of every random number generator"),
+    "num_workers": (2, "data loader worker processes"),
+    "rec": (None, "training data: an image folder (one sub-folder per identity), a .rec, or a folder with train.rec"),
+    "num_classes": (None, "None: the number of identities kept"),
+    "class_counts": (None, "None: K_i counted from rec; or a leap-face-counts file"),
+    "pretrained": (None, "None, or backbone weights to start from (arcface_torch model.pt / checkpoint)"),
+    "input_size": (112, "side of the face crops (112: arcface_torch's; a multiple of 16)"),
+    "val_targets": ([], "verification sets: .bin paths, or names looked up as <rec>/<name>.bin"),
+    "output": (None, "the run's folder"),
+    "resume": (False, "continue from the last checkpoint in output"),
+    "long_tail": (None, "dict(head=, tail_classes=, tail_samples=, seed=): the <H_a, T_b> split of rec"),
+    "long_tail_loss": (None, "dict(method=..., options): a peer method instead of LEAP (ldam, balanced_softmax, "
+                             "adaptive_arc, gcl, elastic_face)"),
+    "leap": ({}, "dict of LEAP settings (below); leap.enabled turns LEAP on"),
 }
+#: The defaults of :data:`FACE_KEYS`.
+FACE_DEFAULTS = {name: default for name, (default, _) in FACE_KEYS.items()}
 
 #: arcface_torch keys that have no effect here.
 _IGNORED = {"dali", "dali_aug", "num_image", "save_all_states", "gradient_acc", "suffix_run_name",
@@ -122,14 +129,14 @@ def _check_keys(key: str, given: dict, known: Iterable[str]) -> None:
 
 
 def validate(user: dict) -> SimpleNamespace:
-    """Merge ``user`` over :data:`DEFAULTS`, check every value, return the config."""
+    """Merge ``user`` over :data:`FACE_DEFAULTS`, check every value, return the config."""
     ignored = sorted(set(user) & _IGNORED)
-    unknown = sorted(set(user) - set(DEFAULTS) - _IGNORED)
+    unknown = sorted(set(user) - set(FACE_DEFAULTS) - _IGNORED)
     if ignored:
         logger.warning("config keys of arcface_torch ignored by leap-face-train: %s", ignored)
     if unknown:  # a typo such as num_epochs would otherwise train the default silently
-        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(DEFAULTS)}")
-    cfg = {k: user.get(k, v) for k, v in DEFAULTS.items()}
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(FACE_DEFAULTS)}")
+    cfg = {k: user.get(k, v) for k, v in FACE_DEFAULTS.items()}
 
     check_margin_list(cfg["margin_list"])
     check_number("scale", cfg["scale"], 0, low_open=True)
@@ -166,6 +173,11 @@ def validate(user: dict) -> SimpleNamespace:
     check_choice("resume", cfg["resume"], (False, True))
 
     cfg["leap"] = _validate_leap(cfg["leap"])
+    if cfg["leap"]["enabled"] and cfg["leap"]["start_epoch"] >= cfg["num_epoch"]:
+        # The cloud turns on at epoch start_epoch (from 0): this run would end before it.
+        fail("leap.start_epoch", cfg["leap"]["start_epoch"],
+             f"must be smaller than num_epoch = {cfg['num_epoch']} (epochs count from 0), else LEAP never "
+             "turns its feature cloud on; lower leap.start_epoch, raise num_epoch, or set leap.enabled = False")
     cfg["long_tail"] = _validate_long_tail(cfg["long_tail"])
     cfg["long_tail_loss"] = _validate_long_tail_loss(cfg["long_tail_loss"], cfg)
     return SimpleNamespace(**cfg)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import reference
+from tests.helpers import reference
 
 from leap_plugin.core.cloud import COS_EPS, arcface_logits, clouded_logits, cosface_logits, perturbed_cos, sample_alpha
 
@@ -66,7 +66,7 @@ def test_sample_alpha_shapes_spread_and_zero_variance():
     assert abs(a[:, 1].std().item() - 0.2) < 0.005 and abs(a[:, 2].std().item() - 0.5) < 0.01
     s = sample_alpha(var, 50, "sample", generator=g)
     assert s.shape == (3, 1)
-    with pytest.raises(ValueError, match="alpha mode"):
+    with pytest.raises(ValueError, match="alpha_mode"):
         sample_alpha(var, 5, "batch")
 
 

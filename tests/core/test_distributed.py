@@ -2,7 +2,7 @@
 equal to one process fed the concatenated batch."""
 import torch
 
-import distributed_utils
+from tests.helpers import distributed_utils
 from leap_plugin.core.memory import LeapMemory
 
 

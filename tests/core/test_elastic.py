@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import reference
+from tests.helpers import reference
 from leap_plugin.core.elastic import elastic_logits, elastic_margins, pair_by_cosine, paper_std, target_cosines
 
 TARGETS = torch.tensor([0, 4, 3, -1, 5, 1, 2])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import reference
+from tests.helpers import reference
 from leap_plugin.core.cloud import arcface_logits, cosface_logits
 from leap_plugin.core.longtail import (
     COUNT_METHODS,

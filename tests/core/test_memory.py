@@ -49,7 +49,7 @@ def test_ema_center_is_a_moving_average():
 
 
 def test_ema_separates_head_and_tail_under_pk_batches_and_printed_does_not():
-    """Issue 16: classes of equal true spread, head K_i = 40, tail K_i = 4, every batch
+    """Classes of equal true spread, head K_i = 40, tail K_i = 4, every batch
     P classes x K = 4 images. A moving-average center approaches the mean of all of a
     class's images, so the angles of a 4-image tail class (whose center is the mean of the
     very samples measured) shrink and the head's do not; with Eq. 4 as printed every
@@ -164,7 +164,7 @@ def test_loo_angle_equals_brute_force(update):
 
 
 def test_paper_statistic_shrinks_with_k_and_loo_does_not():
-    """Issue 6: equal true spread, K = 4 vs K = 40 samples per class, each class's center
+    """Equal true spread, K = 4 vs K = 40 samples per class, each class's center
     estimated from its own samples. The paper's angle shrinks by about sqrt((K-1)/K);
     the bias-aware one stays within 3 % of the K = 40 value."""
     g = torch.Generator().manual_seed(0)
@@ -198,7 +198,7 @@ def test_state_dict_round_trip_resizes_memory():
 
 
 def test_non_finite_rows_never_enter_centers_or_memory():
-    """Issue 13: one NaN row used to freeze its class's statistics for good."""
+    """One NaN row used to freeze its class's statistics for good."""
     mem = LeapMemory(2, 3, class_counts=[4, 4])
     feats = torch.tensor([[1.0, 0.0, 0.0], [float("nan"), 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, float("inf"), 1.0]])
     mem.update(feats, torch.tensor([0, 0, 1, 1]))

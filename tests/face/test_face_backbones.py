@@ -1,15 +1,14 @@
-"""Issue 15: the face backbones carry arcface_torch's names and shapes, so its weights load
+"""The face backbones carry arcface_torch's names and shapes, so its weights load
 strictly, fine-tune through leap-face-train and export to ONNX that insightface loads.
 Parametrized over every registered backbone with a known arcface_torch layout."""
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from face import arcface_layout
-from face import face_helpers as fh
+from tests.helpers import arcface_layout
+from tests.helpers import face_helpers as fh
 from leap_plugin.cli import export, face_train
 from leap_plugin.face.backbones import BACKBONES, build_backbone, load_backbone_weights
 from leap_plugin.face.data import images_to_tensor
@@ -71,7 +70,7 @@ def test_arcface_torch_layout_weights_export_to_onnx_that_insightface_loads(tmp_
 
 
 def test_fine_tune_from_arcface_torch_weights_with_leap_writes_tensorboard(tmp_path):
-    """Acceptance of issue 15: pretrained=<arcface_torch model.pt>, LEAP on, TensorBoard with leap/* tags."""
+    """pretrained=<arcface_torch model.pt>, LEAP on, TensorBoard with leap/* tags."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     fh.make_face_folder(str(tmp_path / "train"), [6] * 4 + [2] * 4)

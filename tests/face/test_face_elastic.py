@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference
+from tests.helpers import reference
 from leap_plugin.face import ElasticMarginLoss, LeapPartialFC, LongTailMarginLoss, peer_margin_loss
 from leap_plugin.face.config import validate
 from leap_plugin.validation import ConfigError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face import face_helpers as fh
+from tests.helpers import face_helpers as fh
 from leap_plugin.face.verification import (
     embed_images, evaluate_bin, megaface_rank1, pair_scores, read_bin, tpr_at_fpr,
     verification_accuracy, write_bin,

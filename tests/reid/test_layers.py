@@ -1,13 +1,12 @@
 """Every registered classification layer (parametrized over the registry: a new layer gets
 these tests) against the shared reference, fastreid's stock layers and the config; LeapHead."""
-import math
 
 import pytest
 import torch
 from fastreid.layers import any_softmax
 
 import leap_plugin  # noqa: F401
-import reference
+from tests.helpers import reference
 from leap_plugin.core.cloud import sample_alpha
 from leap_plugin.reid.config import load_config
 from leap_plugin.reid.layers import CLS_LAYERS, CountAwareSoftmax, LeapArcSoftmax, LeapCosSoftmax, cloud_layers
@@ -111,7 +110,7 @@ def test_equal_counts_give_fastreids_stock_layer(cls, stock, margin):
 
 @pytest.mark.parametrize("mode", ["logit", "sample"])
 def test_alpha_mode_reaches_the_layer_from_the_config(mode):
-    """Issue 16: ALPHA_MODE used to be settable without reaching the layer unnoticed."""
+    """ALPHA_MODE used to be settable without reaching the layer unnoticed."""
     from fastreid.modeling import build_model
 
     cfg = load_config("", ["MODEL.BACKBONE.PRETRAIN", "False", "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.DEPTH", "18x",
@@ -199,7 +198,7 @@ def _leap_head(neck_feat="after"):
 
 @pytest.mark.parametrize("neck_feat", ["after", "before"])
 def test_the_memory_is_fed_the_neck_feature_not_the_pooled_one(neck_feat):
-    """Issue 16: feeding the memory the pooled feature passed the whole suite."""
+    """Feeding the memory the pooled feature passed the whole suite."""
     head = _leap_head(neck_feat)
     head.update_memory = True
     x = torch.randn(8, 16, 1, 1) * 3 + 1

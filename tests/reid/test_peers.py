@@ -5,14 +5,13 @@ math in tests/core/test_longtail.py."""
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from fastreid.config import get_cfg
 from fastreid.utils.events import EventStorage
 
 import leap_plugin  # noqa: F401
-import market_data
+from tests.helpers import market_data
 from leap_plugin.reid.config import ConfigError, add_leap_config, load_config
 from leap_plugin.reid.hooks import EpochHook
 from leap_plugin.reid.layers import AdaptiveArcSoftmax

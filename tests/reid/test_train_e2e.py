@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import leap_plugin  # noqa: F401
-import market_data
+from tests.helpers import market_data
 from leap_plugin.reid.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

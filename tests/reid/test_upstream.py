@@ -1,4 +1,4 @@
-"""Issue 13's promise: upstream fastreid's own ``tools/train_net.py`` (its
+"""The promise: upstream fastreid's own ``tools/train_net.py`` (its
 default_argument_parser, default_setup, DefaultTrainer and launch) with ``import
 leap_plugin`` as its first line trains LEAP: K_i reach the head, the hook runs, the cloud
 switches on, and a LEAP-off run of the same seed differs only after START_EPOCH."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import leap_plugin  # noqa: F401
-import market_data
+from tests.helpers import market_data
 from leap_plugin.reid.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -80,3 +80,21 @@ def random_state_dict(network, embedding_size=512, seed=0):
         else:
             out[name] = torch.randn(shape, generator=g) * 0.05
     return out
+
+
+def partial_fc_v2_state_dict(num_classes, embedding_size=512, world_size=1, rank=0, seed=0):
+    """What arcface_torch's ``PartialFC_V2.state_dict()`` holds on ``rank`` (its
+    ``state_dict_softmax_fc``): only ``weight``, this rank's shard of the class weights,
+    ``(num_local, embedding_size)`` with ``num_local = num_classes // world_size +
+    int(rank < num_classes % world_size)``, initialised ``torch.normal(0, 0.01, ...)``."""
+    import torch
+
+    num_local = num_classes // world_size + int(rank < num_classes % world_size)
+    g = torch.Generator().manual_seed(seed)
+    return {"weight": torch.normal(0, 0.01, (num_local, embedding_size), generator=g)}
+
+
+def checkpoint_gpu(backbone_state, softmax_fc_state, epoch=1, global_step=10):
+    """arcface_torch's ``checkpoint_gpu_{rank}.pt`` (train_v2.py, ``save_all_states``)."""
+    return {"epoch": epoch, "global_step": global_step, "state_dict_backbone": backbone_state,
+            "state_dict_softmax_fc": softmax_fc_state, "state_optimizer": {}, "state_lr_scheduler": {}}

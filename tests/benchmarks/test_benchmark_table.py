@@ -1,20 +1,16 @@
 """``benchmarks/longtail.py``'s results table: each row's mAP gain is taken against its own
 stock baseline in the same setting (ArcFace for the angular-margin family, CosFace otherwise)."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.benchmark_scripts import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def longtail():
-    spec = importlib.util.spec_from_file_location("bench_longtail", os.path.join(ROOT, "benchmarks", "longtail.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("longtail")
 
 
 def row(setting, method, seed, mAP):
@@ -90,7 +86,7 @@ def test_paired_delta_is_taken_seed_by_seed(longtail, tmp_path):
 
 
 def test_pairs_only_runs_of_one_machine_and_commit(longtail, tmp_path):
-    """Issue 16: the same seed gives other numbers on another machine: never pair across."""
+    """The same seed gives other numbers on another machine: never pair across."""
     here = {"cpu": "CPU A", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
             "threads": 1}
     there = dict(here, cpu="CPU B")

@@ -1,18 +1,14 @@
 """``benchmarks/face.py``'s table: paired differences pair runs of one seed, machine and commit."""
-import importlib.util
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.benchmark_scripts import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def face():
-    spec = importlib.util.spec_from_file_location("bench_face", os.path.join(ROOT, "benchmarks", "face.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("face")
 
 
 MACHINE = {"cpu": "CPU A", "arch": "x86_64", "cores": 2, "gpu": None, "python": "3.11.7", "torch": "2.14.1",
