@@ -37,12 +37,11 @@ from torch.utils.data import DataLoader
 
 from ..analysis.plots import pick_tsne_classes, plot_angle_distributions, plot_training_curves, plot_tsne
 from ..analysis.stats import STATISTICS, angle_statistics, format_summary, head_tail_summary
-from ..io import atomic_write
+from ..io import FolderInUse, atomic_write, lock_folder
 from ..reid.checkpoint import load_weights
-from ..reid.config import ConfigError
+from ..reid.config import ConfigError, load_config
 from ..reid.datasets import build_dataset
 from ..reid.engine import build_train_set, class_counts
-from ..reid.config import load_config
 
 __all__ = ["SPLITS", "analyze", "extract_features", "main"]
 
@@ -193,7 +192,8 @@ def _run(value: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leap-analyze", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config-file", required=True, metavar="FILE", help="the run's config")
+    # Not required=True: a --config-file written after the overrides is reported by _check_opts.
+    p.add_argument("--config-file", metavar="FILE", help="the run's config (required)")
     p.add_argument("--weights", help="fastreid checkpoint (default: the last one in OUTPUT_DIR)")
     p.add_argument("--output", metavar="DIR", help="where to write (default: OUTPUT_DIR/analysis)")
     p.add_argument("--tail-threshold", type=int, metavar="T",
@@ -208,15 +208,65 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """A console handler writing to whatever ``sys.stderr`` is when a line is logged."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _setup_logging() -> None:
+    """Console logging, each line once.
+
+    ``import leap_plugin`` forwards the records of the ``leap_plugin`` loggers to fastreid's
+    logger, so that ``leap-train`` writes them into fastreid's log. With a handler on the root
+    logger (``logging.basicConfig``, as this command had) each such line was printed twice:
+    through fastreid's logger, which propagates to the root, and through ``leap_plugin``'s
+    own propagation to the root. As in ``leap-train`` (fastreid's ``setup_logger``), the
+    console handler sits on fastreid's logger, which stops propagating, and the root gets
+    none. Idempotent: a fastreid logger set up already keeps its handlers."""
+    log = logging.getLogger("fastreid")
+    if not log.handlers:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _check_opts(parser: argparse.ArgumentParser, opts: Sequence[str]) -> None:
+    """A flag after the KEY VALUE overrides is swallowed by them: one clear line (exit 2)."""
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for token in opts:
+        if token.split("=")[0] in flags or token.startswith("--"):
+            parser.error(f"{token!r} comes after the KEY VALUE overrides: flags come before the overrides "
+                         "(leap-analyze --config-file ... --output ... KEY VALUE ...)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``leap-analyze``. Returns 0, or 2 with a message on a usage error."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_opts(parser, args.opts)
+    if not args.config_file:
+        parser.error("the following arguments are required: --config-file")
+    _setup_logging()
     try:
         cfg = load_config(args.config_file, args.opts)
-        result = analyze(cfg, args.weights, args.output, args.tail_threshold, split=args.split,
+        output = args.output or os.path.join(cfg.OUTPUT_DIR, "analysis")
+        # A training running in the run's folder holds its lock: never write among its files
+        # (the default output is inside it), nor next to another analysis.
+        run_dir = os.path.realpath(cfg.OUTPUT_DIR)
+        inside = os.path.realpath(output) == run_dir or os.path.realpath(output).startswith(run_dir + os.sep)
+        lock_folder(cfg.OUTPUT_DIR if inside else output, "analysis")
+        result = analyze(cfg, args.weights, output, args.tail_threshold, split=args.split,
                          max_classes_tsne=args.max_classes_tsne, compare=dict(args.compare))
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, FolderInUse) as e:
         print(f"leap-analyze: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(result["summary"]))

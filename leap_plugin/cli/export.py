@@ -1,16 +1,24 @@
 """``leap-export``: trained models to ONNX, checked against the torch model.
 
-    leap-export face --weights OUTPUT/model.pt --network r18 [--embedding-size 512] -o face.onnx
+    leap-export face --weights OUTPUT/model.pt -o face.onnx       # a leap-face-train run folder
+    leap-export face --weights model.pt --network r18 [--embedding-size 512] [--input-size 112] -o face.onnx
     leap-export face --weights OUTPUT/model.pt --config CONFIG.py -o face.onnx
     leap-export reid --config-file CONFIG.yml --weights model_final.pth -o reid.onnx [KEY VALUE ...]
 
+A face backbone's ``network``, ``embedding_size`` and ``input_size`` come from, first to
+last: the flags; the leap-face-train checkpoint that wrote the weights (the weights file
+itself, or ``checkpoint_rank0.pt`` beside ``model.pt``), which records what was trained,
+command-line overrides included; ``--config``; the defaults r50, 512, 112.
+
 Face models are exported as insightface expects a recognition model: one input
-``(batch, 3, 112, 112)`` of RGB images scaled ``(x - 127.5) / 127.5`` and one embedding
-output, with no normalisation nodes in the graph, so that PyPI insightface's
-``model_zoo.get_model(path)`` loads it as ``ArcFaceONNX`` and its ``get_feat`` returns the
-torch model's embedding. re-ID models are fastreid's whole ``Baseline`` in eval mode: it takes
-raw 0-255 RGB images of ``INPUT.SIZE_TEST`` and normalises them inside (pixel mean / std),
-returning the neck feature that fastreid evaluates.
+``(batch, 3, S, S)`` (S = the input size, 112 for arcface_torch's crops) of RGB images
+scaled ``(x - 127.5) / 127.5`` and one embedding output, with no normalisation nodes in the
+graph, so that PyPI insightface's ``model_zoo.get_model(path)`` loads it as ``ArcFaceONNX``
+and its ``get_feat`` returns the torch model's embedding (insightface routes only sizes of at
+least 112, multiples of 16 but 192, to ``ArcFaceONNX``; a model of another size is checked
+with onnxruntime alone). re-ID models are fastreid's whole ``Baseline`` in eval mode: it
+takes raw 0-255 RGB images of ``INPUT.SIZE_TEST`` and normalises them inside (pixel mean /
+std), returning the neck feature that fastreid evaluates.
 
 After export the ONNX model runs in onnxruntime on random input and must agree with the torch
 model (cosine > 0.999 per sample); for face models, insightface's own loader is tried too
@@ -30,7 +38,8 @@ from torch import nn
 
 from ..face.backbones import INPUT_SIZE, build_backbone, load_backbone_weights
 
-__all__ = ["export_onnx", "onnx_agreement", "export_face", "export_reid", "insightface_agreement", "main"]
+__all__ = ["export_onnx", "onnx_agreement", "export_face", "export_reid", "insightface_agreement",
+           "insightface_loads_as_recognition", "face_settings", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,23 +103,37 @@ def insightface_agreement(model: nn.Module, path: str, images_bgr: Sequence[np.n
     return worst
 
 
-def export_face(weights: Optional[str], path: str, network: str = "r50", embedding_size: int = 512) -> nn.Module:
-    """Export a face backbone to ``path``: weights from a leap-face-train or arcface_torch
-    ``model.pt`` or checkpoint (loaded strictly; None keeps the random initialisation);
-    checked with onnxruntime and, if installed, insightface. Returns the torch model."""
-    model = build_backbone(network, embedding_size)
+def insightface_loads_as_recognition(input_size: int) -> bool:
+    """Whether insightface's ``model_zoo.get_model`` routes a one-input model of this square
+    input size to ``ArcFaceONNX`` (192 is its landmark model's, 96 its attribute model's;
+    below 112 it returns None)."""
+    return input_size >= 112 and input_size % 16 == 0 and input_size != 192
+
+
+def export_face(weights: Optional[str], path: str, network: str = "r50", embedding_size: int = 512,
+                input_size: int = INPUT_SIZE) -> nn.Module:
+    """Export a face backbone to ``path`` with an ``(batch, 3, input_size, input_size)``
+    input: weights from a leap-face-train or arcface_torch ``model.pt`` or checkpoint
+    (loaded strictly; None keeps the random initialisation); checked with onnxruntime and,
+    if installed, insightface. Returns the torch model."""
+    model = build_backbone(network, embedding_size, input_size=input_size)
     if weights:
         try:
             load_backbone_weights(model, weights, network)
         except ValueError as e:
-            raise ValueError(f"{e} (embedding size {embedding_size})") from e
-    example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 2 - 1
+            raise ValueError(f"{e} (embedding size {embedding_size}, input size {input_size})") from e
+    example = torch.rand(2, 3, input_size, input_size) * 2 - 1
     export_onnx(model, example, path)
     logger.info("onnxruntime agreement: cosine %.6f", onnx_agreement(model, path, example))
     if importlib.util.find_spec("insightface") is None:
         logger.info("insightface is not installed: its loader was not tried")
+    elif not insightface_loads_as_recognition(input_size):
+        logger.warning("insightface's model_zoo.get_model takes a model as a recognition model (ArcFaceONNX) "
+                       "only for square inputs of at least 112, a multiple of 16, other than 192: at input size "
+                       "%d its loader was not tried; run the ONNX with onnxruntime or "
+                       "insightface.model_zoo.arcface_onnx.ArcFaceONNX(path)", input_size)
     else:
-        faces = list(np.random.default_rng(0).integers(0, 256, (2, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
+        faces = list(np.random.default_rng(0).integers(0, 256, (2, input_size, input_size, 3), dtype=np.uint8))
         logger.info("insightface agreement: cosine %.6f", insightface_agreement(model, path, faces))
     return model
 
@@ -147,32 +170,76 @@ def export_reid(config_file: str, weights: Optional[str], path: str, opts: Seque
     return model
 
 
+#: A face backbone's settings when neither the flags, the run nor ``--config`` give them.
+FACE_DEFAULTS = {"network": "r50", "embedding_size": 512, "input_size": INPUT_SIZE}
+
+
+def face_settings(args: argparse.Namespace) -> dict:
+    """``network``, ``embedding_size`` and ``input_size`` of ``leap-export face``: each from
+    its flag, else the leap-face-train run that wrote ``--weights`` (what was trained), else
+    ``--config``, else :data:`FACE_DEFAULTS`."""
+    from ..face.checkpoint import recorded_settings
+
+    config = {}
+    if args.config:
+        from ..face.config import load_config
+
+        cfg = load_config(args.config)
+        config = {key: getattr(cfg, key) for key in FACE_DEFAULTS}
+    recorded = recorded_settings(args.weights) if args.weights else {}
+    for key, value in recorded.items():
+        if key in config and config[key] != value and getattr(args, key) is None:
+            logger.warning("--config has %s = %r, the run that wrote %s trained with %r: exporting with %r",
+                           key, config[key], args.weights, value, value)
+    chosen = {key: getattr(args, key) for key in FACE_DEFAULTS}
+    for key in FACE_DEFAULTS:
+        if chosen[key] is None:
+            chosen[key] = recorded.get(key, config.get(key, FACE_DEFAULTS[key]))
+    logger.info("face backbone: network %s, embedding size %d, input size %d", chosen["network"],
+                chosen["embedding_size"], chosen["input_size"])
+    return chosen
+
+
+def _check_opts(parser: argparse.ArgumentParser, opts: Sequence[str]) -> None:
+    """A flag after the KEY VALUE overrides is swallowed by them (``... MODEL.DEVICE cpu -o
+    x.onnx``): one clear line (exit 2) instead of a confusing one."""
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for token in opts:
+        if token.split("=")[0] in flags or token.startswith("--"):
+            parser.error(f"{token!r} comes after the KEY VALUE overrides: flags come before the overrides "
+                         f"(leap-export reid --config-file ... -o ... KEY VALUE ...)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="leap-export", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     face = sub.add_parser("face", help="a leap-face-train backbone, for insightface")
     face.add_argument("--weights", required=True, help="model.pt or a checkpoint of leap-face-train or arcface_torch")
-    face.add_argument("--config", help="the training config (gives network and embedding_size)")
+    face.add_argument("--config", help="the training config (gives network, embedding_size and input_size)")
     face.add_argument("--network", help="backbone name, e.g. r18, r50 (overrides --config)")
     face.add_argument("--embedding-size", type=int, help="embedding dimension (overrides --config)")
+    face.add_argument("--input-size", type=int, help="side of the square input crops the model was trained on "
+                      "(default: what the run recorded, else --config's input_size, else 112)")
     face.add_argument("-o", "--output", required=True, help="ONNX file to write")
     reid = sub.add_parser("reid", help="a fastreid model (trained with leap-train or fastreid)")
-    reid.add_argument("--config-file", required=True, help="fastreid YAML config")
+    # Not required=True: a missing --config-file or -o is reported after _check_opts, which says
+    # why it went missing when it was written after the overrides (argparse.REMAINDER took it).
+    reid.add_argument("--config-file", help="fastreid YAML config (required)")
     reid.add_argument("--weights", help="fastreid checkpoint (model_final.pth)")
-    reid.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    reid.add_argument("-o", "--output", help="ONNX file to write (required)")
     reid.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    if args.kind == "reid":
+        _check_opts(reid, args.opts)
+        missing = [flag for flag, value in (("--config-file", args.config_file), ("-o/--output", args.output))
+                   if not value]
+        if missing:
+            reid.error(f"the following arguments are required: {', '.join(missing)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:
         if args.kind == "face":
-            network, embedding_size = "r50", 512
-            if args.config:
-                from ..face.config import load_config
-
-                cfg = load_config(args.config)
-                network, embedding_size = cfg.network, cfg.embedding_size
-            export_face(args.weights, args.output, args.network or network, args.embedding_size or embedding_size)
+            export_face(args.weights, args.output, **face_settings(args))
         else:
             export_reid(args.config_file, args.weights, args.output, args.opts)
     except (ValueError, FileNotFoundError) as e:  # bad config, key, weights: say which

@@ -10,9 +10,14 @@ an image folder (one sub-folder per identity), a ``.rec`` or a folder holding ar
 :class:`~leap_plugin.face.LeapPartialFC` with a :class:`~leap_plugin.face.LeapMarginLoss`
 (SGD or AdamW, polynomial decay after a linear warm-up, gradient norm clipped at 5 as in
 arcface_torch), verifies on the ``.bin`` sets (read and checked at start) every ``verbose``
-steps and at the end, logs to the console (step / total steps, ETA), ``metrics.jsonl`` and
-TensorBoard (``<output>/tensorboard``), and checkpoints every epoch (each rank its own file,
-written atomically). ``--resume`` continues from the last checkpoint with the model,
+steps and at the end, logs to the console (step / total steps, ETA), ``metrics.jsonl``
+(strict JSON: null for a non-finite value) and TensorBoard (``<output>/tensorboard``) every
+``frequent`` steps and at the last step of every epoch, and checkpoints every epoch (each
+rank its own file, written atomically; it records ``network``, ``embedding_size`` and
+``input_size`` for ``leap-export``). A LEAP run in which no class can get a feature cloud
+(version ``vanilla`` without a head class, ...) says so at start as a WARNING. The flags
+(``--resume``, ``--overwrite``) go before the overrides (``--resume`` is also found among
+them); an unknown flag is refused with one line. ``--resume`` continues from the last checkpoint with the model,
 optimizer, schedule, PartialFC weights and LEAP state restored; without it a finished or
 interrupted run in ``output`` is not overwritten unless ``--overwrite``. Under torchrun the
 backbone is wrapped in DistributedDataParallel and the classes are sharded across ranks
@@ -25,6 +30,7 @@ import datetime
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 import time
@@ -47,7 +53,7 @@ from ..face.verification import evaluate_pairs, read_bin
 from ..io import FolderInUse, atomic_write, lock_folder
 
 __all__ = ["main", "train", "poly_schedule", "build_data", "build_backbone_for", "build_partial_fc",
-           "build_optimizer", "Verifier", "Monitor"]
+           "build_optimizer", "no_cloud_reason", "Verifier", "Monitor"]
 
 logger = logging.getLogger("leap_plugin.face.train")
 
@@ -112,9 +118,18 @@ class Verifier:
         return results
 
 
+def _json_value(value):
+    """``value``, or None where it is a non-finite number (JSON has no NaN / Infinity)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return None
+    return value
+
+
 class Monitor:
     """Console lines (step / total steps, samples per second, ETA), ``metrics.jsonl`` and
-    TensorBoard scalars, on rank 0 (arcface_torch's CallBackLogging and SummaryWriter)."""
+    TensorBoard scalars, on rank 0 (arcface_torch's CallBackLogging and SummaryWriter).
+    The training loop reports every ``frequent`` steps and at the last step of every epoch,
+    so a run shorter than ``frequent`` steps is logged too."""
 
     def __init__(self, cfg: SimpleNamespace, rank: int, total_steps: int, start_step: int):
         self.rank, self.total, self.start_step = rank, total_steps, start_step
@@ -127,8 +142,12 @@ class Monitor:
             self.writer = SummaryWriter(log_dir=os.path.join(cfg.output, "tensorboard"))
 
     def _record(self, step: int, record: dict) -> None:
+        # Strict JSON: a non-finite value (a NaN head statistic before any head class has
+        # two angles) is written as null, not as Python's bare NaN that JSON readers refuse.
+        line = json.dumps({"step": step, **{key: _json_value(value) for key, value in record.items()}},
+                          allow_nan=False)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
+            f.write(line + "\n")
         for key, value in record.items():
             if isinstance(value, float) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
@@ -181,6 +200,32 @@ def class_counts_for(cfg: SimpleNamespace, dataset: FaceDataset) -> list[int]:
                               f"counts are not those of the training data ({len(counts)} classes"
                               + (", after the long_tail split" if cfg.long_tail else "") + ")")
     return counts
+
+
+def no_cloud_reason(counts: Sequence[int], leap: dict) -> Optional[str]:
+    """Why no class can ever get a feature cloud with these K_i and LEAP settings, or None.
+
+    A class has angle statistics once its memory holds two angles (``K_i * memory_factor >= 2``).
+    ``vanilla`` (Eq. 6) gives tail classes (K_i <= T) the head variance: it needs a head class
+    with statistics and a tail class; ``full`` (Eq. 9) pools ``(K_i - 1) sigma_i^2``: it
+    needs a class with K_i >= 2. ``cloud = "uniform"`` spreads these widths, so the same holds."""
+    factor = leap["memory_factor"]
+    if leap["version"] == "vanilla":
+        threshold = leap["tail_threshold"]
+        if not any(k > threshold for k in counts):
+            return (f"no class has more than leap.tail_threshold = {threshold} training images (the largest has "
+                    f"{max(counts)}), so there is no head class whose angular variance (Eq. 6, version 'vanilla') "
+                    "a tail class could take")
+        if not any(k > threshold and k * factor >= 2 for k in counts):
+            return (f"no head class (more than leap.tail_threshold = {threshold} images) can hold the two angles a "
+                    "variance needs (K_i * leap.memory_factor >= 2)")
+        if not any(k <= threshold for k in counts):
+            return (f"every class has more than leap.tail_threshold = {threshold} training images, so there is no "
+                    "tail class for version 'vanilla' (Eq. 6) to give a cloud")
+        return None
+    if not any(k >= 2 for k in counts):
+        return "no class has more than one training image, so the pooled variance of Eq. 9 (version 'full') is 0"
+    return None
 
 
 def build_backbone_for(cfg: SimpleNamespace, device: torch.device) -> torch.nn.Module:
@@ -247,6 +292,10 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0, device: Optional[
         raise ConfigError(f"config key num_classes = {cfg.num_classes} is not allowed: the training "
                           f"data has {dataset.num_classes} identities; leave it None or set that")
     counts = class_counts_for(cfg, dataset)
+    reason = no_cloud_reason(counts, cfg.leap) if cfg.leap["enabled"] else None
+    if reason and rank == 0:
+        logger.warning("LEAP: %s: no class can get a feature cloud, so this run trains a plain baseline "
+                       "(see leap.version and leap.tail_threshold)", reason)
     backbone = build_backbone_for(cfg, device)
     model = DistributedDataParallel(backbone) if world > 1 else backbone
     pfc = build_partial_fc(cfg, counts, num_classes, device)
@@ -254,8 +303,10 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0, device: Optional[
     optimizer, scheduler = build_optimizer(cfg, backbone, pfc, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.fp16)
 
-    identity = {"world_size": world, "rank": rank, "network": cfg.network,
-                "embedding_size": cfg.embedding_size, "num_classes": num_classes, "class_counts": counts}
+    # Written into every checkpoint; a resume must match (class_counts aside, checked by the
+    # LEAP state itself). input_size also tells leap-export the run's crop size.
+    identity = {"world_size": world, "rank": rank, "network": cfg.network, "embedding_size": cfg.embedding_size,
+                "input_size": cfg.input_size, "num_classes": num_classes, "class_counts": counts}
     start_epoch, global_step = 0, 0
     if cfg.resume:
         state = load_checkpoint(checkpoint_path(cfg.output, rank), identity, device)
@@ -279,7 +330,7 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0, device: Optional[
             pfc.set_epoch(epoch)
             model.train()
             pfc.train()
-            for images, labels in loader:
+            for batch, (images, labels) in enumerate(loader, start=1):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=cfg.fp16):
                     embeddings = model(images)
@@ -294,7 +345,9 @@ def train(cfg: SimpleNamespace, world: int = 1, rank: int = 0, device: Optional[
                 global_step += 1
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"loss is {loss.item()} at step {global_step}; lower lr")
-                if global_step % cfg.frequent == 0:
+                # Every `frequent` steps and at the end of every epoch: a short run (fewer
+                # steps than `frequent`) is logged too, and TensorBoard is never empty.
+                if global_step % cfg.frequent == 0 or batch == steps:
                     monitor.step(global_step, epoch, cfg.num_epoch, loss.item(), scheduler.get_last_lr()[0],
                                  cfg.batch_size * world, pfc.summary())
                 if global_step % cfg.verbose == 0 and rank == 0 and verify.sets:
@@ -331,13 +384,34 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     return world, rank, device
 
 
+_FLAGS = ("--resume", "--overwrite")
+
+
+def _check_flags(parser: argparse.ArgumentParser, overrides: Sequence[str], extra: Sequence[str]) -> None:
+    """One clear line (exit 2) for a flag among or after the key=value overrides that is
+    not one of :data:`_FLAGS` (``--output x``), or that ``--`` turned into an override."""
+    for token in list(overrides) + list(extra):
+        if not token.startswith("-"):
+            continue
+        name = token.split("=")[0]
+        if name in _FLAGS:  # after `--`, argparse hands it over as an override
+            parser.error(f"{token!r} was read as an override: flags come before the key=value overrides "
+                         f"(leap-face-train CONFIG {name} key=value ...)")
+        key = name.lstrip("-").replace("-", "_") or "key"
+        parser.error(f"{token!r} is not a flag of leap-face-train: its flags are {' and '.join(_FLAGS)}, and flags "
+                     f"come before the key=value overrides; set config keys as overrides ({key}=VALUE)")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="leap-face-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="arcface_torch-style Python config file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output")
     parser.add_argument("--overwrite", action="store_true", help="replace a run found in output")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. leap.start_epoch=2")
-    args = parser.parse_intermixed_args(argv)  # --resume anywhere on the line
+    args, extra = parser.parse_known_intermixed_args(argv)  # --resume anywhere on the line
+    _check_flags(parser, args.overrides, extra)
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as e:

@@ -2,14 +2,17 @@
 
 Same arguments as fastreid's: ``--config-file``, ``--resume``, ``--eval-only``,
 ``--num-gpus`` (on a CPU-only machine: that many gloo processes), ``--num-machines``,
-``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides. Beyond upstream's
-script: every data set is opened before training (a missing folder fails now, naming it),
-a bad config value, a damaged checkpoint or a busy output folder ends the run with one
-line and exit status 2, ``--eval-only`` refuses weights that do not fit the config, and the
-final evaluation is also written to ``OUTPUT_DIR/eval_results.json``.
+``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides, plus
+``--overwrite`` (start a new run in an OUTPUT_DIR that holds one). Beyond upstream's
+script: every data set is opened and its image files checked before training (a missing
+folder or image fails now, naming it), a bad config value, a damaged checkpoint, a busy,
+unwritable or full output folder ends the run with one line and exit status 2,
+``--eval-only`` refuses weights that do not fit the config, and the final evaluation is
+also written to ``OUTPUT_DIR/eval_results.json``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from ..reid.checkpoint import load_weights
 from ..reid.compat.hardening import CheckpointReadError, ImageReadError
 from ..reid.config import ConfigError, load_config
 from ..reid.datasets import build_dataset
+from ..reid.engine import check_image_files
 
 __all__ = ["setup", "run", "main", "USER_ERRORS"]
 
@@ -35,6 +39,8 @@ logger = logging.getLogger("leap_plugin")
 
 #: Errors that mean a bad input, not a bug: reported in one line, exit status 2.
 USER_ERRORS = (ConfigError, FileNotFoundError, FolderInUse, CheckpointReadError, ImageReadError, LeapStateMismatch)
+#: Operating-system errors that are the machine's state, not a bug: a full disk, no permission.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
 
 
 def check_data(cfg) -> None:
@@ -43,7 +49,9 @@ def check_data(cfg) -> None:
     for name in dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)):
         with warnings.catch_warnings():  # the run itself shows them; here only the error counts
             warnings.simplefilter("ignore")
-            build_dataset(cfg, name)
+            data = build_dataset(cfg, name)
+        check_image_files(data.train if name in cfg.DATASETS.NAMES else [])
+        check_image_files(data.query + data.gallery if name in cfg.DATASETS.TESTS else [])
 
 
 def setup(args):
@@ -80,15 +88,28 @@ def save_results(cfg, results):
     return results
 
 
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        where = f": {e.filename}" if e.filename else ""
+        hint = "; the checkpoints written before are intact" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"{e.strerror or e}{where}{hint}"
+    # A loader worker's error arrives with its traceback: its last line is the message.
+    return str(e).strip().splitlines()[-1]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds an earlier one (its files are removed)")
+    args = parser.parse_args(argv)
     try:
         check_data(load_config(args.config_file, args.opts))
         launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except USER_ERRORS as e:
-        # A loader worker's error arrives with its traceback: its last line is the message.
-        print(f"leap-train: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as e:
+        if isinstance(e, OSError) and not isinstance(e, USER_ERRORS) and e.errno not in _MACHINE_ERRNOS:
+            raise
+        print(f"leap-train: error: {_message(e)}", file=sys.stderr)
         if argv is None:
             # fastreid's prefetch thread may be inside torch's C++ code by now; a normal
             # interpreter shutdown then aborts (SIGABRT) instead of exiting with status 2.

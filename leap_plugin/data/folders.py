@@ -1,5 +1,5 @@
 """Identity-labelled image folders as re-ID data: scanning, identity and query/gallery splits,
-and Wesnoth's unit sprites (SPEC section 5). Toolbox-free: fastreid's datasets in
+and Wesnoth's unit sprites (Debian's wesnoth-1.16-data). Toolbox-free: fastreid's datasets in
 :mod:`leap_plugin.reid.datasets` are built from these lists.
 
 A scanned sample is ``(path, identity, camera)`` with string identity and camera. The

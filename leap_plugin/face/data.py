@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.folders import scan_folder
+from ..data.images import to_rgb
 from ..data.longtail import long_tail_split, split_summary
 from .backbones import INPUT_SIZE
 from .recordio import RecordReader, unpack_record
@@ -38,7 +39,7 @@ def load_rgb(source, what: str, size: int = INPUT_SIZE) -> np.ndarray:
     """
     try:
         with Image.open(source) as image:
-            image = image.convert("RGB")
+            image = to_rgb(image)
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.array(image, dtype=np.uint8)

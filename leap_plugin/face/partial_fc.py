@@ -3,7 +3,7 @@
 arcface_torch's margin callable never sees the features or the global class ids, so LEAP
 plugs in one level up: this module all-gathers the embeddings and global labels (as
 PartialFC_V2 does) and hands each sample's cloud to a :class:`~leap_plugin.face.LeapMarginLoss`.
-The LEAP state follows PartialFC's class sharding (SPEC section 1): each rank's
+The LEAP state follows PartialFC's class sharding: each rank's
 :class:`~leap_plugin.core.LeapMemory` holds the centers, angle memory and statistics of its
 own classes only, updated from the gathered batch; the pooled variances of Eq. 6 / Eq. 9
 come from all-reduced per-shard sums, and each sample's cloud width is all-reduced to every
@@ -12,14 +12,21 @@ rank, so the state, gathered, equals the one-process state. The per-logit alpha 
 that class in the global (sampled) class list, so it does not depend on the number of ranks
 either.
 
-Differences from PartialFC_V2, all deliberate:
+Differences from PartialFC_V2, all deliberate (the first two change the loss; see
+:class:`LeapPartialFC`):
 
-- it also runs in a single process without torch.distributed, and on the CPU;
-- negative classes are sampled over the *global* class list from a generator seeded
-  identically on every rank, so the sampled set does not depend on the number of ranks
-  (PartialFC_V2 draws a fixed count per shard from each rank's own RNG); so are the alphas;
-- rows whose label is -1 are left out of the loss (PartialFC_V2 would count them as a
-  loss of 69); uneven per-rank batch sizes are allowed.
+- rows whose label is -1 are left out of the loss and of the mean; PartialFC_V2 keeps them
+  in the mean, each as a loss of about 69.08 (its probability 0 clamped to 1e-30,
+  ``-log(1e-30)``);
+- with 2+ ranks and ``sample_rate < 1``, negative classes are sampled over the *global*
+  class list from a generator seeded identically on every rank, so the sampled set does
+  not depend on the number of ranks (PartialFC_V2 draws ``int(sample_rate * num_local)``
+  per shard from each rank's own RNG); so are the alphas;
+- it also runs in a single process without torch.distributed, and on the CPU; uneven
+  per-rank batch sizes are allowed;
+- :meth:`~torch.nn.Module.load_state_dict` also takes PartialFC_V2's own state dict (the
+  ``state_dict_softmax_fc`` of arcface_torch's ``checkpoint_gpu_{rank}.pt``): the class
+  weights load, the LEAP state starts empty, with a warning.
 
 Like PartialFC_V2, the gradient returned to each rank's embeddings is multiplied by the
 world size, because DistributedDataParallel averages the backbone gradients over ranks
@@ -27,6 +34,7 @@ while the loss is already the mean over the global batch.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -35,13 +43,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import DEFAULTS, LeapMemory, check_setting
+from ..core import DEFAULTS, LeapMemory, LeapSettings
 from ..core.distributed import all_gather_rows, rank, world_size
 from ..validation import require_int
 from .recordio import read_counts
 from .margin import LeapMarginLoss
 
 __all__ = ["LeapPartialFC", "shard_range"]
+
+logger = logging.getLogger(__name__)
 
 
 def shard_range(num_classes: int, world: int, rank_: int) -> tuple[int, int]:
@@ -152,19 +162,44 @@ class LeapPartialFC(nn.Module):
         enabled: LEAP on (False: a plain PartialFC, no memory is allocated).
         class_counts: K_i of every class (Eq. 5), or the path of a ``leap-face-counts`` file;
             or call :meth:`set_class_counts`.
-        version, tail_threshold, center_lr, center_update, memory_factor, statistic, cloud_scale,
-            cloud: see :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9); defaults:
-            :data:`leap_plugin.core.settings.DEFAULTS`.
-        center_update_period: training steps between center / angle-memory updates
-            (the paper uses 5 for face data).
-        stats_period: training steps between refreshes of the cloud widths.
-        start_epoch: :meth:`set_epoch` turns the cloud on from this epoch.
-        alpha_mode: if given, overrides ``margin_loss.alpha_mode``.
+        settings: the LEAP settings (:class:`~leap_plugin.core.LeapSettings`; default: the
+            shipped ones): those of :class:`~leap_plugin.core.LeapMemory` (Eq. 4-6, 9), and here
+            ``center_update_period`` (training steps between center / angle-memory updates;
+            the paper uses 5 for face data), ``stats_period`` (steps between refreshes of the
+            cloud widths) and ``start_epoch`` (:meth:`set_epoch` turns the cloud on from it).
         seed: seed of the class sampler and alpha draws; identical on every rank.
+        **overrides: settings by name, replacing those of ``settings``; an ``alpha_mode``
+            given here also sets ``margin_loss.alpha_mode``.
 
     Attributes:
         cloud_active: whether training steps perturb the logits (set by :meth:`set_epoch`
             or directly). The memory fills from the first training step regardless.
+
+    Two deliberate differences from PartialFC_V2 change the loss value:
+
+    - **Rows labelled -1 are left out of the mean.** The loss is the mean over the rows whose
+      label is a class; PartialFC_V2 averages over all rows and counts each -1 row as a
+      capped loss of about 69.08 (``-log(1e-30)``: its target probability, 0, clamped to
+      1e-30). Without -1 labels the two agree.
+    - **With 2+ ranks and sample_rate < 1, negative classes are sampled over the global
+      class list** (every class of the global batch, then random others up to
+      ``int(sample_rate * num_classes)``, from a generator seeded identically on every
+      rank), not per shard (PartialFC_V2: ``int(sample_rate * num_local)`` per rank, from
+      each rank's own RNG). The kept set, the loss and the LEAP state then do not depend
+      on the number of ranks. In one process both keep the same number of classes (the
+      negatives drawn from different generators); with ``sample_rate = 1``, all of them.
+
+    Loading arcface_torch's own state: ``load_state_dict`` also takes the state dict of a
+    ``PartialFC_V2`` (``state_dict_softmax_fc`` in arcface_torch's
+    ``checkpoint_gpu_{rank}.pt``: only ``weight``, this rank's ``(num_local,
+    embedding_size)`` shard), so that ``train_v2.py``'s resume code runs unchanged after
+    switching a job to LEAP. The class weights are loaded; the LEAP state, which that
+    checkpoint does not have, is rebuilt empty: ``step`` 0, no centers, an empty angle
+    memory (K_i kept from ``class_counts``), fresh sampler / alpha generators; a WARNING
+    says so. The memory refills from the next training steps and the cloud comes back
+    after the next statistics refresh (``stats_period`` steps) once classes have angles.
+    The shard must match (same ``num_classes``, ``embedding_size`` and world size), else
+    torch reports the size mismatch.
     """
 
     def __init__(
@@ -177,19 +212,9 @@ class LeapPartialFC(nn.Module):
         *,
         enabled: bool = True,
         class_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
-        version: str = DEFAULTS.version,
-        tail_threshold: int = DEFAULTS.tail_threshold,
-        center_lr: float = DEFAULTS.center_lr,
-        center_update: str = DEFAULTS.center_update,
-        center_update_period: int = DEFAULTS.center_update_period,
-        memory_factor: int = DEFAULTS.memory_factor,
-        stats_period: int = DEFAULTS.stats_period,
-        start_epoch: int = DEFAULTS.start_epoch,
-        alpha_mode: Optional[str] = None,
-        statistic: str = DEFAULTS.statistic,
-        cloud_scale: float = DEFAULTS.cloud_scale,
-        cloud: str = DEFAULTS.cloud,
+        settings: LeapSettings = DEFAULTS,
         seed: int = 0,
+        **overrides: Any,
     ):
         super().__init__()
         if not callable(margin_loss):
@@ -198,15 +223,14 @@ class LeapPartialFC(nn.Module):
         require_int(num_classes, "num_classes", 1)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-        for name, value in (("center_update_period", center_update_period), ("stats_period", stats_period),
-                            ("start_epoch", start_epoch)):
-            check_setting(name, value)
+        alpha_mode = overrides.get("alpha_mode")
+        settings = settings.replace(**overrides) if overrides else settings
         require_int(seed, "seed", 0)
         if enabled and not isinstance(margin_loss, LeapMarginLoss):
             raise TypeError("LEAP perturbs the margin logits: with enabled=True pass a LeapMarginLoss, "
                             f"not {type(margin_loss).__name__}")
         if alpha_mode is not None and isinstance(margin_loss, LeapMarginLoss):
-            margin_loss.alpha_mode = check_setting("alpha_mode", alpha_mode)
+            margin_loss.alpha_mode = settings.alpha_mode
 
         self.margin_loss = margin_loss
         self.embedding_size = embedding_size
@@ -219,9 +243,9 @@ class LeapPartialFC(nn.Module):
         self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local, embedding_size)))
 
         self.enabled = bool(enabled)
-        self.center_update_period = center_update_period
-        self.stats_period = stats_period
-        self.start_epoch = start_epoch
+        self.center_update_period = settings.center_update_period
+        self.stats_period = settings.stats_period
+        self.start_epoch = settings.start_epoch
         self.seed = seed
         self.cloud_active = False
         self.memory: Optional[LeapMemory] = None
@@ -230,10 +254,8 @@ class LeapPartialFC(nn.Module):
         self._has_counts = class_counts is not None
         if self.enabled:
             # This rank's classes only; the pooled variances sum over all shards.
-            self.memory = LeapMemory(self.num_local, embedding_size, self._shard(class_counts), center_lr=center_lr,
-                                     center_update=center_update, memory_factor=memory_factor, version=version,
-                                     tail_threshold=tail_threshold, statistic=statistic, cloud_scale=cloud_scale,
-                                     cloud=cloud, reduce=_sum_over_ranks if self.world_size > 1 else None)
+            self.memory = LeapMemory(self.num_local, embedding_size, self._shard(class_counts), settings=settings,
+                                     reduce=_sum_over_ranks if self.world_size > 1 else None)
         # Training steps taken: decides the update / refresh periods, survives a resume.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._rng: dict[str, torch.Generator] = {}
@@ -289,9 +311,38 @@ class LeapPartialFC(nn.Module):
         self._rng_states = dict(state.get("rng", {}))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "memory.class_counts" in state_dict:
+        if self._is_partial_fc_v2_state(state_dict, prefix):
+            self._fill_empty_leap_state(state_dict, prefix)
+        elif prefix + "memory.class_counts" in state_dict:
             self._has_counts = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _is_partial_fc_v2_state(state_dict, prefix: str) -> bool:
+        """arcface_torch's PartialFC_V2 saves ``weight`` and nothing else: no ``step``, no
+        ``_extra_state``, no ``memory.*``."""
+        if prefix + "weight" not in state_dict or prefix + "step" in state_dict:
+            return False
+        return not any(key == prefix + "_extra_state" or key.startswith(prefix + "memory.") for key in state_dict)
+
+    def _fill_empty_leap_state(self, state_dict, prefix: str) -> None:
+        """Complete a PartialFC_V2 state dict (``weight`` only) with an empty LEAP state:
+        step 0, zeroed centers / angle memory / statistics (this run's K_i kept), fresh
+        generators; the margin callable's own buffers stay as constructed."""
+        for key, value in self.state_dict().items():
+            if key == "weight" or prefix + key in state_dict:
+                continue
+            if key == "_extra_state":
+                value = {"rng": {}}
+            elif key == "step" or (key.startswith("memory.") and key != "memory.class_counts"):
+                value = torch.zeros_like(value)
+            state_dict[prefix + key] = value
+        logger.warning(
+            "LeapPartialFC: %s is arcface_torch's PartialFC_V2 state (class weights only): its %s class "
+            "weights are loaded; the LEAP state is rebuilt empty (step 0, no centers, empty angle memory, "
+            "fresh sampler and alpha generators) and refills from the next training steps",
+            f"state dict under {prefix!r}" if prefix else "the state dict",
+            "x".join(str(n) for n in tuple(state_dict[prefix + "weight"].shape)))
 
     # ----------------------------------------------------------------- forward
     def _sample(self, labels: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -18,10 +18,16 @@ __all__ = ["register"]
 
 
 class _ToFastreidLog(logging.Handler):
-    """Messages of the toolbox-free core reach fastreid's log (console and log.txt)."""
+    """Messages of the toolbox-free core (logger ``leap_plugin``, which does not propagate)
+    reach fastreid's log (console and log.txt) where fastreid's logger is set up, else the
+    root logger's handlers (a face-only or plain script): each message once."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger("fastreid.leap_plugin").handle(record)
+        fastreid = logging.getLogger("fastreid")
+        if fastreid.handlers:
+            logging.getLogger("fastreid.leap_plugin").handle(record)
+        else:
+            logging.getLogger().handle(record)
 
 
 @patch("build_heads_configure")
@@ -71,3 +77,4 @@ def register() -> None:
     if not any(isinstance(h, _ToFastreidLog) for h in core_log.handlers):
         core_log.addHandler(_ToFastreidLog())
         core_log.setLevel(logging.INFO)
+        core_log.propagate = False

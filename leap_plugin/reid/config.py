@@ -13,6 +13,7 @@ import os
 from typing import Sequence
 
 import torch
+import yaml
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
@@ -72,6 +73,12 @@ def add_leap_config(cfg: CN) -> CN:
 def validate_config(cfg: CN) -> None:
     """Fail early, with the key and the allowed values, on LEAP / long-tail / peer / device
     settings that cannot work. Call after merging files and command-line overrides."""
+    # fastreid divides by these, or aborts on them, only after the whole training has run
+    check_int("SOLVER.MAX_EPOCH", cfg.SOLVER.MAX_EPOCH, 1)
+    check_int("TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, 1)
+    check_int("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD, 1)
+    check_int("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, 1)
+    check_int("DATALOADER.NUM_INSTANCE", cfg.DATALOADER.NUM_INSTANCE, 1)
     leap = leap_settings(cfg)
     layer = cfg.MODEL.HEADS.CLS_LAYER
     clouded = cloud_layers()
@@ -82,11 +89,17 @@ def validate_config(cfg: CN) -> None:
         if cfg.MODEL.HEADS.NAME != "LeapHead":
             fail("MODEL.HEADS.NAME", cfg.MODEL.HEADS.NAME,
                  "with MODEL.HEADS.LEAP.ENABLED use 'LeapHead' (it feeds the features to LEAP)")
+        if leap.start_epoch >= cfg.SOLVER.MAX_EPOCH:
+            fail("MODEL.HEADS.LEAP.START_EPOCH", leap.start_epoch,
+                 f"the feature cloud would start after the last epoch (SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}, "
+                 "epochs count from 0), so the run would train a plain baseline under a LEAP label: use a number "
+                 f"below {cfg.SOLVER.MAX_EPOCH}")
     elif layer in clouded:
         fail("MODEL.HEADS.LEAP.ENABLED", False,
              f"MODEL.HEADS.CLS_LAYER {layer} is a LEAP layer and would train without its feature cloud: "
              "set MODEL.HEADS.LEAP.ENABLED True (with MODEL.HEADS.NAME LeapHead), or use the stock layer "
              "(CosSoftmax / ArcSoftmax)")
+
 
     lt = cfg.DATASETS.LONG_TAIL
     check_int("DATASETS.LONG_TAIL.HEAD", lt.HEAD, 0)
@@ -120,6 +133,12 @@ def validate_config(cfg: CN) -> None:
     check_int("LOG_PERIOD", cfg.LOG_PERIOD, 1)
     check_int("SEED", cfg.SEED, -1)
     check_choice("DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN, sorted(TRAIN_SAMPLERS))
+    if TRAIN_SAMPLERS[cfg.DATALOADER.SAMPLER_TRAIN].identity and cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
+        # fastreid's identity samplers then never complete a batch and spin forever
+        k, batch = cfg.DATALOADER.NUM_INSTANCE, cfg.SOLVER.IMS_PER_BATCH
+        fail("SOLVER.IMS_PER_BATCH", batch,
+             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN} fills a batch with DATALOADER.NUM_INSTANCE = "
+             f"{k} images per identity: use a multiple of {k} (e.g. {batch // k * k or k} or {(batch // k + 1) * k})")
     check_number("DATALOADER.LONG_TAIL_Q", cfg.DATALOADER.LONG_TAIL_Q, 0.0,
                  hint="1 natural, 0.5 square-root, 0 class-balanced")
 
@@ -165,6 +184,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
             raise ConfigError(f"--config-file {config_file!r} does not exist")
         try:
             cfg.merge_from_file(config_file)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{config_file}:{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
         except (KeyError, ValueError, AssertionError) as e:
             raise ConfigError(f"{config_file}: {e}") from e
     try:

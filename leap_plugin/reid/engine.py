@@ -28,7 +28,9 @@ every RNG from ``SEED`` when it is >= 0. :class:`LeapTrainer` is ``DefaultTraine
 from __future__ import annotations
 
 import functools
+import glob
 import logging
+import os
 
 import torch
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
@@ -42,10 +44,11 @@ from fastreid.utils.env import seed_all_rng
 
 from ..data.longtail import long_tail_split
 from ..io import lock_folder
+from ..resources import find_config
 from ..validation import ConfigError
 from .checkpoint import set_mismatch_policy
 from .compat._registry import patch
-from .compat.hardening import remove_stale_temporaries
+from .compat.hardening import ImageReadError, remove_stale_temporaries
 from .config import prepare_config
 from .contracts import CountsReceiver
 from .datasets import build_dataset
@@ -73,7 +76,13 @@ def build_train_set(cfg) -> CommDataset:
         items.extend(data.train)
     if not items:
         raise ConfigError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)}: the training set has no images")
+    check_image_files(items)
     lt = cfg.DATASETS.LONG_TAIL
+    identities = len({item[1] for item in items})
+    if lt.ENABLED and lt.HEAD >= identities:
+        raise ConfigError(f"DATASETS.LONG_TAIL.HEAD = {lt.HEAD} is not allowed: the training set has {identities} "
+                          f"identities, so <H{lt.HEAD}, S{lt.TAIL_SAMPLES}> would keep every one whole (no tail): "
+                          f"use a number below {identities}")
     if lt.ENABLED:
         before = len(items)
         items = long_tail_split(items, lt.HEAD, lt.TAIL_SAMPLES, seed=lt.SEED, tail_classes=lt.TAIL_CLASSES)
@@ -84,6 +93,27 @@ def build_train_set(cfg) -> CommDataset:
         logger.info("DATASETS.LONG_TAIL <H%d, S%d>: %d of %d training images, %d identities",
                     lt.HEAD, lt.TAIL_SAMPLES, len(items), before, len({i[1] for i in items}))
     return CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+
+
+def check_image_files(items) -> None:
+    """Every ``(path, pid, camid)`` item names a file (not a folder, not a dangling link), so
+    that a bad path fails now, naming it, and not at the first batch or the evaluation
+    after training.
+
+    Raises:
+        ImageReadError: naming the first path that is not a file.
+    """
+    for path, *_ in items:
+        if not os.path.isfile(path):
+            what = "a folder" if os.path.isdir(path) else "missing (or a link to nothing)"
+            raise ImageReadError(f"image {path!r} is {what}, not an image file")
+
+
+def check_test_sets(cfg) -> None:
+    """Build every test set of ``DATASETS.TESTS`` and check its image files, before training."""
+    for name in cfg.DATASETS.TESTS:
+        data = build_dataset(cfg, name)
+        check_image_files(data.query + data.gallery)
 
 
 def class_counts(train_set: CommDataset) -> torch.Tensor:
@@ -118,6 +148,7 @@ def _build_test_loader(cls, cfg, dataset_name):
 def _extend_init(original):
     @functools.wraps(original)
     def __init__(self, cfg):
+        check_test_sets(cfg)  # fastreid builds them only to evaluate, after training
         original(self, cfg)
         dataset = self.data_loader.dataset
         if hasattr(dataset, "pid_dict") and hasattr(dataset, "img_items"):
@@ -137,6 +168,8 @@ def _extend_build_hooks(original):
         for hook in writers:  # fastreid hard-codes 200 iterations
             hook._period = self.cfg.LOG_PERIOD
         evals = [i for i, hook in enumerate(hooks) if isinstance(hook, EvalHook)]
+        for i in evals:
+            hooks[i]._do_eval = _saving_on_failure(hooks[i]._do_eval, self)
         if writers and evals:  # only the main process writes
             hooks.insert(evals[0] + 1, EvalResultsWriter(writers[0]))
         heads = leap_heads(self.model)
@@ -153,6 +186,65 @@ def _extend_build_hooks(original):
     return build_hooks
 
 
+def _saving_on_failure(evaluate, trainer):
+    """``evaluate`` that, when it fails, first saves the model trained so far (a checkpoint
+    ``--resume`` continues from), so an evaluation error never loses a training."""
+    @functools.wraps(evaluate)
+    def do_eval():
+        try:
+            return evaluate()
+        except Exception:
+            if comm.is_main_process() and getattr(trainer, "checkpointer", None) is not None:
+                name = f"model_{trainer.epoch:04d}"
+                trainer.checkpointer.save(name, epoch=trainer.epoch)
+                logger.error("the evaluation after epoch %d failed; the model trained so far is saved as %s.pth "
+                             "in %s", trainer.epoch, name, trainer.cfg.OUTPUT_DIR)
+            raise
+    return do_eval
+
+
+#: Files of a training run in OUTPUT_DIR: starting a new run there without --resume mixes them.
+RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json", "eval_results.json", "events.out.tfevents.*",
+             "results.json")
+
+
+def existing_run_files(folder: str) -> list[str]:
+    """The files of a training run already in ``folder`` (sorted names)."""
+    return sorted(os.path.basename(p) for pattern in RUN_FILES
+                  for p in glob.glob(os.path.join(glob.escape(folder), pattern)))
+
+
+def check_output_dir(cfg, args) -> None:
+    """OUTPUT_DIR must be a writable folder; a new training (no ``--resume``, no
+    ``--eval-only``) refuses a folder that holds another run, unless ``args.overwrite``
+    (``leap-train --overwrite``), which removes that run's files first.
+
+    Raises:
+        ConfigError: naming the folder and what to do.
+    """
+    folder = cfg.OUTPUT_DIR
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"OUTPUT_DIR {folder!r} is a file, not a folder: choose another OUTPUT_DIR")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"OUTPUT_DIR {folder!r} cannot be created: {e.strerror}") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"OUTPUT_DIR {folder!r} is not writable: choose another OUTPUT_DIR or fix its permissions")
+    if getattr(args, "resume", False) or getattr(args, "eval_only", False):
+        return
+    found = existing_run_files(folder)
+    if found and getattr(args, "overwrite", False):
+        for pattern in RUN_FILES:
+            for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+                os.unlink(path)
+        logger.info("--overwrite: removed the earlier run's files from %s (%s)", folder, ", ".join(found[:5]))
+    elif found:
+        raise ConfigError(f"OUTPUT_DIR {folder!r} holds an earlier run ({', '.join(found[:4])}"
+                          f"{', ...' if len(found) > 4 else ''}): add --resume to continue it, or start a new run "
+                          "with leap-train --overwrite (its files are removed) or in another OUTPUT_DIR")
+
+
 def _extend_resume_or_load(original):
     @functools.wraps(original)
     def resume_or_load(self, resume=True):
@@ -167,6 +259,7 @@ def _extend_default_setup(original):
     def default_setup(cfg, args):
         prepare_config(cfg)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
+            check_output_dir(cfg, args)
             lock_folder(cfg.OUTPUT_DIR)
             stale = remove_stale_temporaries(cfg.OUTPUT_DIR)
         else:
@@ -193,6 +286,33 @@ def extend_fastreid() -> None:
     setup = _extend_default_setup(engine_defaults.default_setup)
     engine_defaults.default_setup = setup
     engine.default_setup = setup
+    parser = _extend_argument_parser(engine_defaults.default_argument_parser)
+    engine_defaults.default_argument_parser = parser
+    engine.default_argument_parser = parser
+
+
+def _extend_argument_parser(original):
+    """``--config-file`` resolved once, when parsed: a shipped config named as the docs do
+    (``configs/Wesnoth/leap_cf_mnv2.yml``) is found inside the installed package from any
+    folder, and every later reader (fastreid's ``default_setup`` reopens it) gets the same
+    path; a flag after the ``KEY VALUE`` overrides is an error saying so."""
+    @functools.wraps(original)
+    def default_argument_parser(*args, **kwargs):
+        parser = original(*args, **kwargs)
+        parse = parser.parse_args
+
+        def parse_args(argv=None, namespace=None):
+            parsed = parse(argv, namespace)
+            if getattr(parsed, "config_file", ""):
+                parsed.config_file = find_config(parsed.config_file)
+            flags = [o for o in getattr(parsed, "opts", None) or [] if str(o).startswith("--")]
+            if flags:
+                parser.error(f"{flags[0]} comes after the KEY VALUE overrides: flags go before them")
+            return parsed
+
+        parser.parse_args = parse_args
+        return parser
+    return default_argument_parser
 
 
 class LeapTrainer(DefaultTrainer):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fastreid.config import configurable
 from fastreid.modeling.heads import REID_HEADS_REGISTRY, EmbeddingHead
 
-from ..core import LeapMemory
+from ..core import LeapMemory, LeapSettings
 from .keys import leap_settings
 
 __all__ = ["LeapHead", "leap_heads"]
@@ -26,19 +26,17 @@ __all__ = ["LeapHead", "leap_heads"]
 class LeapHead(EmbeddingHead):
     """EmbeddingHead + LEAP. Extra arguments (``leap=None`` turns LEAP off):
 
-    leap: dict of :class:`leap_plugin.core.LeapMemory` arguments (``center_lr``,
-        ``center_update``, ``memory_factor``, ``version``, ``tail_threshold``, ``statistic``,
-        ``cloud_scale``, ``cloud``) and ``alpha_mode`` (for the classification layer).
+    leap: the :class:`leap_plugin.core.LeapSettings` of ``MODEL.HEADS.LEAP`` (the memory's
+        settings, and ``alpha_mode`` for the classification layer).
     """
 
     @configurable
-    def __init__(self, *, leap: dict | None = None, **kwargs):
+    def __init__(self, *, leap: LeapSettings | None = None, **kwargs):
         super().__init__(**kwargs)
         self.memory = None
         if leap is not None:
-            leap = dict(leap)
-            self.cls_layer.alpha_mode = leap.pop("alpha_mode")
-            self.memory = LeapMemory(self.weight.shape[0], self.weight.shape[1], **leap)
+            self.cls_layer.alpha_mode = leap.alpha_mode
+            self.memory = LeapMemory(self.weight.shape[0], self.weight.shape[1], settings=leap)
         # Set by LeapHook around each training step. Driving the head by hand (tests, your own
         # loop): set hook_attached = True and these two flags yourself.
         self.update_memory = False
@@ -49,7 +47,7 @@ class LeapHead(EmbeddingHead):
     def from_config(cls, cfg) -> dict:
         args = super().from_config(cfg)
         leap = leap_settings(cfg)
-        args["leap"] = {**leap.memory_kwargs(), "alpha_mode": leap.alpha_mode} if leap.enabled else None
+        args["leap"] = leap if leap.enabled else None
         return args
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None):

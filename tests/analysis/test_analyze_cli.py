@@ -1,6 +1,8 @@
 """``leap-analyze`` end to end on a tiny ResNet-18 trained for one epoch in-process."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from leap_plugin.analysis.plots import plot_training_curves, read_metrics
 from leap_plugin.analysis.stats import STATISTICS
 from leap_plugin.cli.analyze import analyze, main
 from leap_plugin.reid.config import load_config
-from market_data import tiny_config, write_market1501
+from tests.helpers.market_data import tiny_config, write_market1501
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # write_market1501's training counts are (12, 10, 8, 4, 4, 3, 3, 2): T = 5 gives 3 head classes.
@@ -111,3 +113,33 @@ def test_training_curves_overlay_runs(tmp_path):
         read_metrics(str(bad))
     with pytest.raises(ValueError, match="none of"):
         plot_training_curves({"x": str(base)}, str(tmp_path / "none.png"), keys=["mAP"])
+
+
+def test_each_log_line_is_printed_once(trained, tmp_path):
+    """The console script in its own process (no pytest handlers on the root logger): leap_plugin's
+    records reach fastreid's logger too, and used to be printed by the root handler twice."""
+    config, output = trained
+    root = os.path.join(os.path.dirname(output), "data")  # write_market1501's datasets root
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FASTREID_DATASETS=root, PYTHONPATH=repo)
+    done = subprocess.run([sys.executable, "-m", "leap_plugin.cli.analyze", "--config-file", config,
+                           "--output", str(tmp_path), "--tail-threshold", str(TAIL_THRESHOLD),
+                           "--max-classes-tsne", "0"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    assert text.count("leap-analyze: wrote") == 1, text
+    assert text.count("images of 8 classes") == 1, text
+    assert "center_angle_mean" in done.stdout
+
+
+def test_flag_after_the_overrides_says_flags_come_first(trained, tmp_path, capsys):
+    config, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config-file", config, "MODEL.DEVICE", "cpu", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert lines == ["leap-analyze: error: '--output' comes after the KEY VALUE overrides: flags come before the "
+                     "overrides (leap-analyze --config-file ... --output ... KEY VALUE ...)"]
+    assert not (tmp_path / "analysis.json").exists()

@@ -1,12 +1,13 @@
 """LeapPartialFC: single process vs a 2-rank gloo group, sampling, labels of -1, state."""
+import logging
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from face import pfc_worker
-from distributed_utils import run
+from tests.helpers import arcface_layout, pfc_worker
+from tests.helpers.distributed_utils import run
 from leap_plugin.face import LeapMarginLoss, LeapPartialFC
 from leap_plugin.face.partial_fc import shard_range
 
@@ -109,7 +110,7 @@ def test_state_dict_round_trip_restores_memory_step_and_rng():
 
 
 def test_each_sample_gets_its_own_class_width():
-    """Issue 16: a LeapPartialFC that never applied the cloud, or one constant width, passed
+    """A LeapPartialFC that never applied the cloud, or one constant width, passed
     the suite. The alpha a row receives has the std of its class's cloud."""
     torch.manual_seed(0)
     margin = LeapMarginLoss(16.0, 1.0, 0.0, 0.35)
@@ -160,3 +161,47 @@ def test_softmax_of_widely_spread_logits_has_no_subnormal_gradient():
     torch.testing.assert_close(x.grad, ref_x.grad)
     dropped = (x.grad == 0) & (ref_x.grad != 0)
     assert dropped.sum() > 100 and ref_x.grad[dropped].abs().max() <= 1e-30
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_arcface_torch_partial_fc_v2_state_loads_with_an_empty_leap_state(tmp_path, caplog, enabled):
+    """train_v2.py's resume, unchanged after switching to LeapPartialFC:
+    ``module_partial_fc.load_state_dict(torch.load(checkpoint_gpu_0.pt)["state_dict_softmax_fc"])``."""
+    torch.manual_seed(0)
+    counts = [3, 2, 4, 2, 5]
+    pfc = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.0, 0.3), 8, 5, enabled=enabled, class_counts=counts,
+                        sample_rate=0.6, stats_period=1)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    for _ in range(3):  # a running job: step, memory and generators all advanced
+        pfc(torch.randn(6, 8), labels)
+    upstream = arcface_layout.partial_fc_v2_state_dict(5, 8)
+    assert set(upstream) == {"weight"}  # PartialFC_V2's only persistent entry
+    path = tmp_path / "checkpoint_gpu_0.pt"
+    torch.save(arcface_layout.checkpoint_gpu({}, upstream), path)
+    with caplog.at_level(logging.WARNING, logger="leap_plugin.face.partial_fc"):
+        result = pfc.load_state_dict(torch.load(path, weights_only=True)["state_dict_softmax_fc"])
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(pfc.weight.detach(), upstream["weight"])
+    assert int(pfc.step) == 0 and pfc._rng == {} and pfc._rng_states == {}
+    warnings = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}
+    assert len(warnings) == 1
+    assert "arcface_torch's PartialFC_V2 state" in warnings.pop()
+    if enabled:
+        memory = pfc.memory
+        assert memory.class_counts.tolist() == counts  # K_i of this run kept
+        for name in ("centers", "memory", "mem_fill", "mem_ptr", "angle_var", "cloud_var", "stats_valid"):
+            assert not getattr(memory, name).any(), name
+    # and it trains on from there, as a fresh LeapPartialFC with these weights would
+    fresh = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.0, 0.3), 8, 5, enabled=enabled, class_counts=counts,
+                          sample_rate=0.6, stats_period=1)
+    fresh.load_state_dict({k: v for k, v in pfc.state_dict().items()})
+    emb = torch.randn(6, 8)
+    torch.testing.assert_close(pfc(emb, labels), fresh(emb, labels))
+    if enabled:
+        assert int(pfc.memory.mem_fill.sum()) == 6
+
+
+def test_arcface_torch_state_of_another_shard_is_refused():
+    pfc = LeapPartialFC(LeapMarginLoss(16.0, 1.0, 0.0, 0.3), 8, 5, class_counts=[2] * 5)
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        pfc.load_state_dict(arcface_layout.partial_fc_v2_state_dict(7, 8))

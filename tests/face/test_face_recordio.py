@@ -1,4 +1,4 @@
-"""Issue 15: class counts from arcface_torch's train.rec / train.idx without mxnet. The
+"""Class counts from arcface_torch's train.rec / train.idx without mxnet. The
 test files are written byte by byte in the MXNet RecordIO format (dmlc-core's record
 framing, mxnet.recordio's IRHeader), independently of the writer under test."""
 import io
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from face import face_helpers as fh
+from tests.helpers import face_helpers as fh
 from leap_plugin.cli import face_counts, face_train
 from leap_plugin.face import LeapMarginLoss, LeapPartialFC
 from leap_plugin.face.data import FaceDataset
@@ -127,3 +127,28 @@ def test_leap_face_train_trains_from_a_rec(tmp_path, capsys):
         face_train.main([str(config), "--overwrite", f"class_counts={tmp_path / 'wrong.json'}"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "class_counts" in err and "not those of the training data" in err
+
+
+def _counts_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        face_counts.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_leap_face_counts_takes_a_folder_holding_train_rec_as_leap_face_train_does(tmp_path, capsys):
+    write_insightface_rec(tmp_path)  # tmp_path/train.rec + train.idx: arcface_torch's `rec` folder
+    out = tmp_path / "counts.json"
+    assert face_counts.main([str(tmp_path), "-o", str(out)]) == 0
+    assert read_counts(str(out)) == [4, 2, 4] == FaceDataset(str(tmp_path)).class_counts()
+    line = _counts_error([str(tmp_path / "nowhere"), "-o", str(out)], capsys)
+    assert line == f"leap-face-counts: error: {str(tmp_path / 'nowhere')!r} does not exist"
+    (tmp_path / "images").mkdir()
+    line = _counts_error([str(tmp_path / "images"), "-o", str(out)], capsys)
+    assert "is neither a .rec file nor a folder holding train.rec (and train.idx)" in line
+    (tmp_path / "train.idx").unlink()
+    line = _counts_error([str(tmp_path), "-o", str(out)], capsys)
+    assert "train.idx' does not exist" in line

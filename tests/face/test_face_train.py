@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from distributed_utils import run
-from face import face_helpers as fh
+from tests.helpers.distributed_utils import run
+from tests.helpers import face_helpers as fh
 from leap_plugin.cli import face_train
 from leap_plugin.face.config import load_config
 
@@ -108,7 +108,8 @@ def test_resume_continues_exactly(data, straight, tmp_path, monkeypatch):
 
 
 def test_two_ranks_train_with_sharded_leap_state(data, tmp_path):
-    config = _config(data, tmp_path, "ddp", batch_size=4, num_epoch=1, val_targets=[])
+    config = _config(data, tmp_path, "ddp", batch_size=4, num_epoch=1, val_targets=[],
+                     leap=dict(enabled=True, start_epoch=0))
     run(fh.train_worker, 2, config)
     r0, r1 = _checkpoint(tmp_path, "ddp", 0), _checkpoint(tmp_path, "ddp", 1)
     assert r0["partial_fc"]["weight"].shape[0] + r1["partial_fc"]["weight"].shape[0] == 8
@@ -144,7 +145,8 @@ def test_corrupt_image_is_named(data, tmp_path):
     root = tmp_path / "train"
     fh.make_face_folder(str(root), [4, 4])
     (root / "id001" / "2.png").write_bytes(b"not a png")
-    config = _config(data, tmp_path, "corrupt", rec=str(root), long_tail=None, num_epoch=1)
+    config = _config(data, tmp_path, "corrupt", rec=str(root), long_tail=None, num_epoch=1,
+                     leap=dict(enabled=True, start_epoch=0))
     with pytest.raises(ValueError, match=r"cannot read image .*id001/2\.png"):
         face_train.main([config])
 
@@ -165,7 +167,7 @@ def test_shipped_configs_load(path):
     assert cfg.network == "r18" and cfg.long_tail["tail_samples"] == 5
 
 
-# ------------------------------------------------------------------ issue 13: nothing silent
+# ------------------------------------------------------------------ nothing silent
 def test_damaged_verification_bin_fails_before_training(data, tmp_path, capsys):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"not a pickle")
@@ -190,7 +192,7 @@ def test_a_finished_run_is_not_overwritten_without_being_told(data, straight, tm
     err = _main_error([config], capsys)
     assert "holds a run already" in err and "--resume" in err and "--overwrite" in err
     assert (tmp_path / "again" / "model.pt").read_bytes() == before
-    assert face_train.main([config, "--overwrite", "num_epoch=1"]) == 0
+    assert face_train.main([config, "--overwrite", "num_epoch=1", "leap.start_epoch=0"]) == 0
 
 
 def test_resume_anywhere_on_the_command_line(data, straight, tmp_path):
@@ -219,11 +221,13 @@ def test_a_busy_output_folder_is_refused(data, tmp_path, capsys):
 
 
 def test_the_readme_small_data_command_runs_as_written(data, tmp_path):
-    """The README's leap-face-train command for a small data set, with this test's folders."""
+    """The documented leap-face-train command for a small data set (README.md or the arcface_torch
+    page of docs/), with this test's folders; it trains fewer steps than `frequent` per epoch and
+    is logged all the same, once per epoch."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    readme = open(os.path.join(root, "README.md")).read()
-    line = next(i for i, text in enumerate(readme.splitlines()) if "output=runs/small" in text)
-    lines = readme.splitlines()
+    pages = [os.path.join(root, "README.md"), *sorted(glob.glob(os.path.join(root, "docs", "*.md")))]
+    lines = next(text.splitlines() for text in (open(page).read() for page in pages) if "output=runs/small" in text)
+    line = next(i for i, text in enumerate(lines) if "output=runs/small" in text)
     command = (lines[line].rstrip("\\") + " " + lines[line + 1]).split()
     assert command[0] == "leap-face-train"
     args = [a.replace("/data/faces", str(data / "train")).replace("runs/small", str(tmp_path / "small"))
@@ -231,3 +235,8 @@ def test_the_readme_small_data_command_runs_as_written(data, tmp_path):
     args = [os.path.join(root, a) if a.startswith("configs/") else a for a in args]
     assert face_train.main(args + ["batch_size=8"]) == 0  # the 48 test images fit a batch of 8 only
     assert (tmp_path / "small" / "model.pt").exists()
+    cfg = load_config(args[0], args[1:] + ["batch_size=8"])
+    assert cfg.frequent > 6  # the 48 images give 6 steps per epoch: fewer than `frequent`
+    losses = [r for r in map(json.loads, open(tmp_path / "small" / "metrics.jsonl")) if "loss" in r]
+    assert [r["step"] for r in losses if r["step"] % 6 == 0] == [6 * (e + 1) for e in range(cfg.num_epoch)]
+    assert sorted({r["epoch"] for r in losses}) == list(range(cfg.num_epoch))

@@ -1,4 +1,4 @@
-"""Issue 13: every bad input or fault gets one clear message and a non-zero exit; nothing
+"""Every bad input or fault gets one clear message and a non-zero exit; nothing
 hangs (each run has a timeout), nothing written is lost or mixed. Through leap-train (the
 one-line errors) and fastreid's own trainer, on a tiny Market-1501-layout folder."""
 import json
@@ -12,22 +12,10 @@ import pytest
 import torch
 
 import leap_plugin  # noqa: F401
-import market_data
+from tests.helpers import market_data
 from leap_plugin.reid.config import ConfigError, load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMEOUT = 300  # a hang fails the test instead of the suite
-
-
-def leap_train(root, *args, datasets=None):
-    env = dict(os.environ, FASTREID_DATASETS=str(datasets or root / "datasets"), CUDA_VISIBLE_DEVICES="",
-               OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "leap_plugin.cli.train", *args], cwd=root, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
-
-
-def last_line(run):
-    return run.stdout.strip().splitlines()[-1]
+from tests.helpers.runs import ROOT, TIMEOUT, last_line, leap_train
 
 
 @pytest.fixture(scope="module")

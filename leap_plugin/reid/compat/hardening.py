@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ...io import atomic_write
+from ...data.images import WIDE_MODES, to_rgb
 from ._registry import patch
 
 __all__ = [
@@ -118,11 +119,12 @@ def patch_resume_fallback() -> None:
 @patch("image_reading")
 def patch_image_reading() -> None:
     """fastreid's ``read_image`` hands RGBA / palette images on as 4- or 1-channel arrays
-    (the transforms then fail far from the cause), and a corrupt, truncated or empty file
-    surfaces as a bare PIL error without its name. Every image becomes RGB; a file that
+    (the transforms then fail far from the cause), fails on 16-bit PNGs with an anonymous
+    TypeError mid-training, and a corrupt, truncated or empty file surfaces as a bare PIL
+    error without its name. Every image becomes 8-bit RGB (16-bit ones scaled); a file that
     cannot be decoded in full raises an error naming it. ``check_before_run`` raises a
     bare RuntimeError for a missing folder: FileNotFoundError naming the path instead."""
-    from PIL import ImageFile
+    from PIL import Image, ImageFile, ImageOps
 
     import fastreid.data.common as common
     import fastreid.data.data_utils as data_utils
@@ -137,6 +139,12 @@ def patch_image_reading() -> None:
             # padding and train on it: refuse, whatever the switch says.
             ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
+            with Image.open(file_name) as probe:
+                wide = probe.mode in WIDE_MODES
+            if wide and format is None:
+                # fastreid's read_image fails on these with an anonymous TypeError
+                with Image.open(file_name) as image:
+                    return to_rgb(ImageOps.exif_transpose(image))
             image = original(file_name, format)
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageReadError(f"image {file_name!r} is missing, empty, truncated or not an image: {e}") from e
