@@ -221,24 +221,49 @@ def write_campaigns(rows: list[dict], out: str) -> list[str]:
     return sorted(latest)
 
 
+def _leap_cf_variants(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The shipped LEAP-CF and its CLOUD_SCALE variants present in ``groups``."""
+    present = {m for _, m in groups}
+    return [m for m in ["LEAP-CF"] + sorted(m for m in present if m.startswith("LEAP-CF scale ")) if m in present]
+
+
 def rival_lines(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
-    """LEAP-CF paired seed by seed with each of :data:`RIVALS`, per setting."""
+    """LEAP-CF (the shipped scale and every scale of the sweep) paired seed by seed with each
+    of :data:`RIVALS`, per setting."""
     lines = []
     for setting in sorted({s for s, _ in groups}):
-        leap = groups.get((setting, "LEAP-CF"), [])
-        cells = []
-        for rival in RIVALS:
-            pairs = paired_deltas(leap, groups.get((setting, rival), []))
-            cells.append(f"{mean_std(pairs, signed=True)} ({sum(d > 0 for d in pairs)}/{len(pairs)})" if pairs
-                         else "n/a")
-        if any(c != "n/a" for c in cells):
-            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+        for variant in _leap_cf_variants(groups):
+            leap = groups.get((setting, variant), [])
+            cells = []
+            for rival in RIVALS:
+                pairs = paired_deltas(leap, groups.get((setting, rival), []))
+                cells.append(f"{mean_std(pairs, signed=True)} ({sum(d > 0 for d in pairs)}/{len(pairs)})" if pairs
+                             else "n/a")
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {setting} | {variant} | " + " | ".join(cells) + " |")
     if not lines:
         return []
     return (["", "LEAP-CF against its closest relatives, seed by seed (LEAP-CF's mAP minus the other method's "
              "run of the same seed; mean ± std, seeds where LEAP-CF is ahead):", "",
-             "| setting | " + " | ".join(f"LEAP-CF − {r}" for r in RIVALS) + " |",
-             "|---" * (len(RIVALS) + 1) + "|"] + lines)
+             "| setting | LEAP-CF | " + " | ".join(f"− {r}" for r in RIVALS) + " |",
+             "|---" * (len(RIVALS) + 2) + "|"] + lines)
+
+
+def campaign_scale(rows: list[dict]) -> str:
+    """The CLOUD_SCALE that the campaign's LEAP runs without a ``scale`` suffix ran at (each
+    run records its resolved LEAP keys; the shipped default when none recorded one)."""
+    scales = sorted({float(r["leap"]["CLOUD_SCALE"]) for r in rows
+                     if " scale " not in r["method"] and "CLOUD_SCALE" in (r.get("leap") or {})})
+    return ", ".join(f"{s:g}" for s in scales) if scales else f"{DEFAULTS.cloud_scale:g}"
+
+
+def _order_of(method: str, order: list[str]) -> float:
+    """Table position: the method table's order; a name that today's table lacks (a scale of
+    an earlier default) right after its family."""
+    if method in order:
+        return order.index(method)
+    family = method.split(" ")[0]
+    return order.index(family) + 0.5 if family in order else len(order)
 
 
 def write_table(rows: list[dict], out: str, campaign: str | None = None, name: str = "longtail.md") -> str:
@@ -254,8 +279,10 @@ def write_table(rows: list[dict], out: str, campaign: str | None = None, name: s
             by_dataset.setdefault(dataset_of(r), {}).setdefault((r["setting"], r["method"]), []).append(r)
         else:
             others[campaign_of(r)] = others.get(campaign_of(r), 0) + 1
+    own = [r for r in rows if campaign_of(r) == campaign]
     lines = [f"Machine and commit of every run below: {campaign}  ",
-             f"Shipped CLOUD_SCALE: {DEFAULTS.cloud_scale:g} (methods without a `scale` suffix).  ",
+             f"CLOUD_SCALE of the LEAP methods without a `scale` suffix: {campaign_scale(own)} (the default of "
+             f"that commit; today's default: {DEFAULTS.cloud_scale:g}).  ",
              "Mean ± std over seeds; tail/head ratio = tail classes' mean angular variance to the class "
              "center over head classes' (training features, eval mode, T = 10; 1 = no gap).", "",
              "Δ mAP = the row's mean mAP minus its baseline's (ArcFace for the LEAP-AF / LEAP-AV family, "
@@ -274,11 +301,10 @@ def write_table(rows: list[dict], out: str, campaign: str | None = None, name: s
                   "| setting | method | seeds | mAP | Δ mAP vs baseline | paired Δ (seeds > 0) | Rank-1 "
                   "| tail/head variance ratio | minutes per run |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        ordered = sorted(groups.items(),
-                         key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))
+        ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], _order_of(kv[0][1], order)))
         for (setting, method), rs in ordered:
             ratio = [r.get("tail_head_var_ratio") for r in rs]
-            base = baseline_of(method) if method in order else None
+            base = baseline_of(method)
             if base is None:
                 delta = paired_text = "—"
             elif (setting, base) in groups:

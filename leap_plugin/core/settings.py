@@ -94,7 +94,7 @@ class LeapSettings:
                                "sample: one alpha per sample, shared by its logits")
     statistic: str = _setting("paper", _choice(ANGLE_STATISTICS),
                               "paper: Eq. 3-5 as printed; loo: bias-aware leave-one-out angles")
-    cloud_scale: float = _setting(3.0, _number(0.0, MAX_CLOUD_SCALE, "clouds wider than pi clip every angle"),
+    cloud_scale: float = _setting(5.0, _number(0.0, MAX_CLOUD_SCALE, "clouds wider than pi clip every angle"),
                                   "multiplies the std of every alpha draw: alpha ~ N(0, scale^2 * w_i); 1 = the paper")
     cloud: str = _setting("class", _choice(CLOUDS),
                           "class: each class's own width (the paper); uniform: the control, "

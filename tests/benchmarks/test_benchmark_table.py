@@ -30,7 +30,8 @@ def on(machine, commit, r):
 
 def table_rows(text):
     return {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("| H20_S4") or line.startswith("| natural")}
+            for line in text.splitlines()
+            if (line.startswith("| H20_S4") or line.startswith("| natural")) and line.count("|") == 10}
 
 
 def test_baselines(longtail):
@@ -156,8 +157,26 @@ def test_data_sets_are_tabulated_and_paired_apart_with_the_relatives(longtail, t
     assert "### Wesnoth" in wesnoth
     leap = table_rows(widelands)[("H20_S4", "LEAP-CF")]
     assert leap[2] == "3" and leap[5] == "+3.00 ± 0.00 (2/2)"  # paired within widelands only
-    rival = next(l for l in widelands.splitlines() if l.startswith("| H20_S4 | n/a") or l.startswith("| H20_S4 | +"))
+    rival = next(l for l in widelands.splitlines() if l.startswith("| H20_S4 | LEAP-CF | ") and l.count("|") == 7)
     cells = [c.strip() for c in rival.strip("|").split("|")]
     # LEAP-CF minus: uniform (not run), ElasticFace-Cos (-1 on both seeds), GCL (+1), ldam (not run)
-    assert cells[1:] == ["n/a", "-1.00 ± 0.00 (0/2)", "+1.00 ± 0.00 (2/2)", "n/a"]
+    assert cells[2:] == ["n/a", "-1.00 ± 0.00 (0/2)", "+1.00 ± 0.00 (2/2)", "n/a"]
     assert "--datasets widelands --settings H20_S4 --methods 'LEAP-CF' --seeds 0 1 2" in text
+
+
+def test_a_campaign_names_the_cloud_scale_its_runs_recorded_and_pairs_every_scale_with_the_relatives(
+        longtail, tmp_path):
+    """Runs of an earlier default keep their names; the table says which CLOUD_SCALE the
+    suffix-free LEAP runs used (from the keys each run recorded), gives a scale that today's
+    table lacks its Δ, and pairs each LEAP-CF scale with the relatives."""
+    def leap(r, scale):
+        return dict(r, leap={"CLOUD_SCALE": scale})
+    rows = [on(AMD, "a" * 40, row("H20_S4", "CosFace", 0, 50.0)), on(AMD, "a" * 40, row("H20_S4", "GCL", 0, 49.0)),
+            leap(on(AMD, "a" * 40, row("H20_S4", "LEAP-CF", 0, 53.0)), 3.0),
+            leap(on(AMD, "a" * 40, row("H20_S4", "LEAP-CF scale 7", 0, 56.0)), 7.0)]
+    text = longtail.write_table(rows, str(tmp_path))
+    assert "without a `scale` suffix: 3 (the default of that commit" in text
+    assert table_rows(text)[("H20_S4", "LEAP-CF scale 7")][4] == "+6.00 (CosFace)"
+    variants = {line.split("|")[2].strip(): line.split("|")[5].strip() for line in text.splitlines()
+                if line.startswith("| H20_S4 | LEAP-CF") and "(CosFace)" not in line}
+    assert variants == {"LEAP-CF": "+4.00 (1/1)", "LEAP-CF scale 7": "+7.00 (1/1)"}
