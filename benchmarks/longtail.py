@@ -258,8 +258,11 @@ def campaign_scale(rows: list[dict]) -> str:
 
 
 def _order_of(method: str, order: list[str]) -> float:
-    """Table position: the method table's order; a name that today's table lacks (a scale of
-    an earlier default) right after its family."""
+    """Table position: the method table's order; the CLOUD_SCALE sweep of a family right after
+    it, by scale; another name that today's table lacks right after its family."""
+    family, _, scale = method.partition(" scale ")
+    if family in order and scale:  # the sweep right after its family, by scale
+        return order.index(family) + 0.5 + float(scale) / 1e3
     if method in order:
         return order.index(method)
     family = method.split(" ")[0]
