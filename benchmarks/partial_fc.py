@@ -51,9 +51,9 @@ def class_counts() -> torch.Tensor:
 
 
 #: Synthetic class spreads (feature noise std of head, tail classes) -> the clouds they give
-#: at the shipped CLOUD_SCALE: "demo-like" about 0.33 rad (std of alpha), as LEAP-CF measures
-#: while training on the sprites (0.23-0.30 rad); "wide" about 1.6 rad, where |alpha| often
-#: exceeds pi and many logits are clipped.
+#: at the shipped CLOUD_SCALE (5): "demo-like" about 0.57 rad (std of alpha), as LEAP-CF
+#: measures while training on the sprites (0.4-0.75 rad); "wide" about 2.7 rad, where |alpha|
+#: often exceeds pi and many logits are clipped. The std grows with CLOUD_SCALE.
 GEOMETRIES = {"demo-like": (0.008, 0.005), "wide": (0.05, 0.02)}
 
 
