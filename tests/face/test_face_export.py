@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import face_helpers as fh
+from tests.helpers.cli_errors import one_error_line
 from leap_plugin.cli import export, face_train
 from leap_plugin.face.data import images_to_tensor
 
@@ -65,13 +66,7 @@ def test_fastreid_leap_model_exports_and_matches_onnxruntime(tmp_path):
 
 def _export_error(argv, capsys):
     """Run leap-export; assert exit status 2 and one error line, no traceback; return it."""
-    with pytest.raises(SystemExit) as exit_info:
-        export.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return one_error_line(export.main, argv, capsys)
 
 
 def _input_shape(path):

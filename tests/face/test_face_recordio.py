@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import face_helpers as fh
+from tests.helpers.cli_errors import one_error_line
 from leap_plugin.cli import face_counts, face_train
 from leap_plugin.face import LeapMarginLoss, LeapPartialFC
 from leap_plugin.face.data import FaceDataset
@@ -130,13 +131,7 @@ def test_leap_face_train_trains_from_a_rec(tmp_path, capsys):
 
 
 def _counts_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        face_counts.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err
-    return lines[0]
+    return one_error_line(face_counts.main, argv, capsys)
 
 
 def test_leap_face_counts_takes_a_folder_holding_train_rec_as_leap_face_train_does(tmp_path, capsys):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tests.helpers import face_helpers as fh
+from tests.helpers.cli_errors import one_error_line
 from leap_plugin.cli import face_train
 from leap_plugin.face.config import ConfigError, load_config
 
@@ -31,14 +32,9 @@ def _config(faces, folder, name, **keys):
 
 def _error_line(argv, capsys):
     """Run leap-face-train; assert exit status 2 and one error line, no traceback; return it."""
-    with pytest.raises(SystemExit) as exit_info:
-        face_train.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("leap-face-train: error: ")
-    return lines[0]
+    line = one_error_line(face_train.main, argv, capsys)
+    assert line.startswith("leap-face-train: error: ")
+    return line
 
 
 def _strict_records(path):
