@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from ..analysis.plots import pick_tsne_classes, plot_angle_distributions, plot_training_curves, plot_tsne
 from ..analysis.stats import STATISTICS, angle_statistics, format_summary, head_tail_summary
+from ._args import reject_flags_after_overrides
 from ..io import FolderInUse, atomic_write, lock_folder
 from ..reid.checkpoint import load_weights
 from ..reid.config import ConfigError, load_config
@@ -192,7 +193,7 @@ def _run(value: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leap-analyze", description=__doc__.split("\n\n")[0])
-    # Not required=True: a --config-file written after the overrides is reported by _check_opts.
+    # Not required=True: a --config-file written after the overrides is reported by reject_flags_after_overrides.
     p.add_argument("--config-file", metavar="FILE", help="the run's config (required)")
     p.add_argument("--weights", help="fastreid checkpoint (default: the last one in OUTPUT_DIR)")
     p.add_argument("--output", metavar="DIR", help="where to write (default: OUTPUT_DIR/analysis)")
@@ -239,20 +240,13 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
-def _check_opts(parser: argparse.ArgumentParser, opts: Sequence[str]) -> None:
-    """A flag after the KEY VALUE overrides is swallowed by them: one clear line (exit 2)."""
-    flags = {option for action in parser._actions for option in action.option_strings}
-    for token in opts:
-        if token.split("=")[0] in flags or token.startswith("--"):
-            parser.error(f"{token!r} comes after the KEY VALUE overrides: flags come before the overrides "
-                         "(leap-analyze --config-file ... --output ... KEY VALUE ...)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``leap-analyze``. Returns 0, or 2 with a message on a usage error."""
     parser = _parser()
     args = parser.parse_args(argv)
-    _check_opts(parser, args.opts)
+    reject_flags_after_overrides(parser, args.opts, "leap-analyze --config-file ... --output ... KEY VALUE ...")
     if not args.config_file:
         parser.error("the following arguments are required: --config-file")
     _setup_logging()

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._args import reject_flags_after_overrides
 from ..face.backbones import INPUT_SIZE, build_backbone, load_backbone_weights
 
 __all__ = ["export_onnx", "onnx_agreement", "export_face", "export_reid", "insightface_agreement",
@@ -200,14 +201,6 @@ def face_settings(args: argparse.Namespace) -> dict:
     return chosen
 
 
-def _check_opts(parser: argparse.ArgumentParser, opts: Sequence[str]) -> None:
-    """A flag after the KEY VALUE overrides is swallowed by them (``... MODEL.DEVICE cpu -o
-    x.onnx``): one clear line (exit 2) instead of a confusing one."""
-    flags = {option for action in parser._actions for option in action.option_strings}
-    for token in opts:
-        if token.split("=")[0] in flags or token.startswith("--"):
-            parser.error(f"{token!r} comes after the KEY VALUE overrides: flags come before the overrides "
-                         f"(leap-export reid --config-file ... -o ... KEY VALUE ...)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -222,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "(default: what the run recorded, else --config's input_size, else 112)")
     face.add_argument("-o", "--output", required=True, help="ONNX file to write")
     reid = sub.add_parser("reid", help="a fastreid model (trained with leap-train or fastreid)")
-    # Not required=True: a missing --config-file or -o is reported after _check_opts, which says
+    # Not required=True: a missing --config-file or -o is reported after reject_flags_after_overrides, which says
     # why it went missing when it was written after the overrides (argparse.REMAINDER took it).
     reid.add_argument("--config-file", help="fastreid YAML config (required)")
     reid.add_argument("--weights", help="fastreid checkpoint (model_final.pth)")
@@ -230,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reid.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.kind == "reid":
-        _check_opts(reid, args.opts)
+        reject_flags_after_overrides(reid, args.opts, "leap-export reid --config-file ... -o ... KEY VALUE ...")
         missing = [flag for flag, value in (("--config-file", args.config_file), ("-o/--output", args.output))
                    if not value]
         if missing:
