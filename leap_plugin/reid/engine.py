@@ -208,10 +208,10 @@ RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json", "eval_results.jso
              "results.json")
 
 
-def existing_run_files(folder: str) -> list[str]:
-    """The files of a training run already in ``folder`` (sorted names)."""
-    return sorted(os.path.basename(p) for pattern in RUN_FILES
-                  for p in glob.glob(os.path.join(glob.escape(folder), pattern)))
+def _run_paths(folder: str) -> list[str]:
+    """Paths of the files of a training run already in ``folder``, sorted by name."""
+    return sorted((p for pattern in RUN_FILES for p in glob.glob(os.path.join(glob.escape(folder), pattern))),
+                  key=os.path.basename)
 
 
 def check_output_dir(cfg, args) -> None:
@@ -233,11 +233,11 @@ def check_output_dir(cfg, args) -> None:
         raise ConfigError(f"OUTPUT_DIR {folder!r} is not writable: choose another OUTPUT_DIR or fix its permissions")
     if getattr(args, "resume", False) or getattr(args, "eval_only", False):
         return
-    found = existing_run_files(folder)
+    paths = _run_paths(folder)
+    found = [os.path.basename(p) for p in paths]
     if found and getattr(args, "overwrite", False):
-        for pattern in RUN_FILES:
-            for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
-                os.unlink(path)
+        for path in paths:
+            os.unlink(path)
         logger.info("--overwrite: removed the earlier run's files from %s (%s)", folder, ", ".join(found[:5]))
     elif found:
         raise ConfigError(f"OUTPUT_DIR {folder!r} holds an earlier run ({', '.join(found[:4])}"
